@@ -1,0 +1,91 @@
+"""Soft macro-F1 loss (seed 001's ``F1Loss``)."""
+
+from __future__ import annotations
+
+import functools
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+from jaxloss import _validate
+
+
+def f1_loss(
+    logits: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    num_classes: int | None = None,
+    epsilon: float = 1e-7,
+    clamp: bool = True,
+) -> jax.Array:
+  r"""``1 - mean_c F1_c`` with soft counts from softmax probabilities, summed over all leading axes.
+
+  .. math::
+     tp_c = \sum_i y_{ic} p_{ic},\quad fp_c = \sum_i (1 - y_{ic}) p_{ic},\quad
+     fn_c = \sum_i y_{ic} (1 - p_{ic}),
+
+     P_c = \frac{tp_c}{tp_c + fp_c + \epsilon},\quad R_c = \frac{tp_c}{tp_c + fn_c + \epsilon},\quad
+     F1_c = \frac{2 P_c R_c}{P_c + R_c + \epsilon},\quad \ell = 1 - \frac{1}{C}\sum_c F1_c
+
+  ``clamp=True`` clips each :math:`F1_c` to :math:`[\epsilon, 1 - \epsilon]` exactly as the seed does;
+  a clipped class then contributes **zero gradient** (e.g. a class absent from the batch and never
+  predicted has :math:`F1_c \approx 0 < \epsilon`, and a perfectly fitted class is clipped at the top).
+  ``clamp=False`` drops the clip, so every class keeps its gradient; the value differs from the seed
+  only where the clip was active.
+
+  Args:
+    logits: float array of shape ``(..., C)``, ``C >= 2``; counts are summed over all leading axes
+      (the seed accepts only ``(N, C)``). Computed in float32 (float64 for float64 input).
+    labels: integer array of shape ``(...)`` with values in ``[0, C)``.
+    num_classes: ``None`` or ``C`` (the seed's ``classes`` argument; must match ``logits.shape[-1]``).
+    epsilon: the seed's :math:`\epsilon`, a Python float in (0, 0.5).
+    clamp: whether to clip :math:`F1_c` as the seed does.
+
+  Returns:
+    A float scalar. Out-of-range labels raise ``ValueError`` when concrete; under ``jax.jit`` the
+    loss is NaN if any label is out of range.
+
+  References:
+    ``F1Loss`` of seed ``001_2350445a1936b7c1.txt`` (002's copy hard-codes 2 classes).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> logits = jnp.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [0.0, 3.0, 0.0]])
+    >>> round(float(f1_loss(logits, jnp.array([0, 2, 1]))), 4)
+    0.1364
+  """
+  logits, labels = _validate.logits_and_labels(logits, labels)
+  classes = logits.shape[-1]
+  if num_classes is not None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+      raise TypeError(f"num_classes must be None or an int, got {num_classes=!r}")
+    if num_classes != classes:
+      raise ValueError(f"num_classes must equal logits.shape[-1]={classes}, got {num_classes=}")
+  epsilon = _validate.check_real("epsilon", epsilon, low=0.0, high=0.5, high_open=True)
+  if epsilon == 0.0:
+    raise ValueError(f"epsilon must be > 0, got {epsilon=}")
+  if not isinstance(clamp, bool):
+    raise TypeError(f"clamp must be a bool, got {clamp=!r}")
+  _validate.check_labels_in_range(labels, classes)
+  return _f1_loss(logits, labels, epsilon=epsilon, clamp=clamp)
+
+
+@functools.partial(jax.jit, static_argnames=("epsilon", "clamp"))
+def _f1_loss(logits, labels, *, epsilon, clamp):
+  dtype = _validate.compute_dtype(logits.dtype)
+  num_classes = logits.shape[-1]
+  probs = jax.nn.softmax(logits.astype(dtype), axis=-1).reshape(-1, num_classes)
+  labels = labels.reshape(-1)
+  one_hot = (jnp.arange(num_classes) == labels[:, None]).astype(dtype)
+  tp = jnp.sum(one_hot * probs, axis=0)
+  fp = jnp.sum((1 - one_hot) * probs, axis=0)
+  fn = jnp.sum(one_hot * (1 - probs), axis=0)
+  precision = tp / (tp + fp + epsilon)
+  recall = tp / (tp + fn + epsilon)
+  f1 = 2 * (precision * recall) / (precision + recall + epsilon)
+  if clamp:
+    f1 = jnp.clip(f1, epsilon, 1 - epsilon)
+  loss = 1 - jnp.mean(f1)
+  out_of_range = jnp.any((labels < 0) | (labels >= num_classes))
+  return jnp.where(out_of_range, jnp.nan, loss)
