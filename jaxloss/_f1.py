@@ -29,8 +29,10 @@ def f1_loss(
      F1_c = \frac{2 P_c R_c}{P_c + R_c + \epsilon},\quad \ell = 1 - \frac{1}{C}\sum_c F1_c
 
   ``clamp=True`` clips each :math:`F1_c` to :math:`[\epsilon, 1 - \epsilon]` exactly as the seed does;
-  a clipped class then contributes **zero gradient** (e.g. a class absent from the batch and never
-  predicted has :math:`F1_c \approx 0 < \epsilon`, and a perfectly fitted class is clipped at the top).
+  a clipped class then contributes **zero gradient**. The lower clip is the one that bites: a class
+  that occurs in the batch but is missed badly (its probabilities ~1e-9) has :math:`F1_c < \epsilon`,
+  so it gets no gradient to recover, exactly when it needs one. (The upper clip is never active:
+  the :math:`\epsilon` in the denominators keeps :math:`F1_c \le 1 - 1.5\epsilon`.)
   ``clamp=False`` drops the clip, so every class keeps its gradient; the value differs from the seed
   only where the clip was active.
 
@@ -39,7 +41,7 @@ def f1_loss(
       (the seed accepts only ``(N, C)``). Computed in float32 (float64 for float64 input).
     labels: integer array of shape ``(...)`` with values in ``[0, C)``.
     num_classes: ``None`` or ``C`` (the seed's ``classes`` argument; must match ``logits.shape[-1]``).
-    epsilon: the seed's :math:`\epsilon`, a Python float in (0, 0.5).
+    epsilon: the seed's :math:`\epsilon` in (0, 0.5), a Python float or a traced scalar.
     clamp: whether to clip :math:`F1_c` as the seed does.
 
   Returns:
@@ -62,18 +64,19 @@ def f1_loss(
       raise TypeError(f"num_classes must be None or an int, got {num_classes=!r}")
     if num_classes != classes:
       raise ValueError(f"num_classes must equal logits.shape[-1]={classes}, got {num_classes=}")
-  epsilon = _validate.check_real("epsilon", epsilon, low=0.0, high=0.5, high_open=True)
-  if epsilon == 0.0:
-    raise ValueError(f"epsilon must be > 0, got {epsilon=}")
+  epsilon = _validate.hyperparameter("epsilon", epsilon, low=0.0, high=0.5)
+  if _validate.is_concrete(epsilon) and not 0.0 < epsilon < 0.5:
+    raise ValueError(f"epsilon must lie in (0, 0.5), got {epsilon=}")
   if not isinstance(clamp, bool):
     raise TypeError(f"clamp must be a bool, got {clamp=!r}")
   _validate.check_labels_in_range(labels, classes)
-  return _f1_loss(logits, labels, epsilon=epsilon, clamp=clamp)
+  return _f1_loss(logits, labels, epsilon, clamp=clamp)
 
 
-@functools.partial(jax.jit, static_argnames=("epsilon", "clamp"))
-def _f1_loss(logits, labels, *, epsilon, clamp):
+@functools.partial(jax.jit, static_argnames=("clamp",))
+def _f1_loss(logits, labels, epsilon, *, clamp):
   dtype = _validate.compute_dtype(logits.dtype)
+  epsilon = jnp.asarray(epsilon, dtype)
   num_classes = logits.shape[-1]
   probs = jax.nn.softmax(logits.astype(dtype), axis=-1).reshape(-1, num_classes)
   labels = labels.reshape(-1)

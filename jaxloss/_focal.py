@@ -41,8 +41,8 @@ def focal_loss(
     logits: float array of shape ``(..., C)``, ``C >= 2``; unnormalised scores, or probabilities
       when ``from_logits=False``. Any float dtype; bf16/fp16 are upcast to float32.
     labels: integer array of shape ``(...)`` with values in ``[0, C)`` or ``ignore_index``.
-    gamma: focusing parameter, a Python float ``>= 0`` (static: a new value recompiles).
-      ``gamma=0`` is cross-entropy scaled by ``alpha``.
+    gamma: focusing parameter ``>= 0``, a Python float or a traced scalar (a new value does not
+      recompile). ``gamma=0`` is cross-entropy scaled by ``alpha``.
     alpha: ``None`` (1), a scalar (seed 000) or a ``(C,)`` array gathered by label (seed 003).
     weight: ``None`` or ``(C,)`` class weights with ``torch.nn.functional.nll_loss`` semantics.
     ignore_index: label value whose examples contribute 0 and are not counted in ``"mean"``. An
@@ -75,7 +75,7 @@ def focal_loss(
   """
   logits, labels = _validate.logits_and_labels(logits, labels)
   num_classes = logits.shape[-1]
-  gamma = _validate.check_real("gamma", gamma, low=0.0)
+  gamma = _validate.hyperparameter("gamma", gamma, low=0.0)
   alpha = _validate.class_vector("alpha", alpha, num_classes, allow_scalar=True)
   weight = _validate.class_vector("weight", weight, num_classes)
   ignore_index = _validate.check_ignore_index(ignore_index)
@@ -83,18 +83,19 @@ def focal_loss(
   if not isinstance(from_logits, bool):
     raise TypeError(f"from_logits must be a bool, got {from_logits=!r}")
   _validate.check_labels_in_range(labels, num_classes, ignore_index)
-  return _focal_loss(logits, labels, alpha, weight, gamma=gamma, ignore_index=ignore_index,
+  return _focal_loss(logits, labels, gamma, alpha, weight, ignore_index=ignore_index,
                      reduction=reduction, from_logits=from_logits)
 
 
-@functools.partial(jax.jit, static_argnames=("gamma", "ignore_index", "reduction", "from_logits"))
-def _focal_loss(logits, labels, alpha, weight, *, gamma, ignore_index, reduction, from_logits):
+@functools.partial(jax.jit, static_argnames=("ignore_index", "reduction", "from_logits"))
+def _focal_loss(logits, labels, gamma, alpha, weight, *, ignore_index, reduction, from_logits):
   dtype = _validate.compute_dtype(logits.dtype)
   x = logits.astype(dtype)
+  gamma = jnp.asarray(gamma, dtype)
   safe, counted, out_of_range = _reduction.mask_labels(labels, x.shape[-1], ignore_index)
   if from_logits:
     log_pt, log1m_pt, _ = log_probs(*target_stats(x, safe))
-    modulator = jnp.exp(gamma * log1m_pt) if gamma else 1.0
+    modulator = jnp.exp(gamma * log1m_pt)  # log1m_pt is finite, so gamma = 0 gives exactly 1
   else:
     is_target = jnp.arange(x.shape[-1]) == safe[..., None]
     p_t = jnp.sum(jnp.where(is_target, x, 0), axis=-1)
@@ -102,7 +103,9 @@ def _focal_loss(logits, labels, alpha, weight, *, gamma, ignore_index, reduction
     one_minus = 1 - p_t
     positive = one_minus > 0
     # Double `where`: the gradient of (1 - p)**gamma at 1 - p = 0 is inf for gamma < 1; use 0 there.
-    modulator = jnp.where(positive, jnp.where(positive, one_minus, 1) ** gamma, 0) if gamma else 1.0
+    # 0**0 = 1 (torch's pow), so gamma = 0 is plain cross-entropy even at p_t = 1.
+    modulator = jnp.where(positive, jnp.where(positive, one_minus, 1) ** gamma,
+                          jnp.where(gamma == 0, 1.0, 0.0))
   per_example = -modulator * log_pt
   if alpha is not None:
     per_example = per_example * (alpha.astype(dtype) if alpha.ndim == 0 else alpha.astype(dtype)[safe])
@@ -140,8 +143,9 @@ def sigmoid_focal_loss(
     logits: float array of any shape ``(...)`` (at least 1-D), e.g. ``(N,)`` or ``(N, C)``.
     targets: array of the same shape with values in [0, 1] (hard or soft); ints and bools are cast.
       Concrete targets outside [0, 1] raise ``ValueError``; under ``jax.jit`` they give NaN.
-    gamma: focusing parameter, a Python float ``>= 0`` (static).
-    alpha: balancing weight of the positive class in [0, 1], or any negative value to disable.
+    gamma: focusing parameter ``>= 0``, a Python float or a traced scalar.
+    alpha: balancing weight of the positive class in [0, 1], or any negative value to disable; a
+      Python float (its sign is static) or a traced scalar in [0, 1].
     reduction: ``"mean"``, ``"sum"`` or ``"none"`` (elementwise losses of shape ``(...)``).
 
   Returns:
@@ -166,37 +170,49 @@ def sigmoid_focal_loss(
   if targets.shape != logits.shape:
     raise ValueError(f"targets.shape must equal logits.shape, got targets.shape={targets.shape} "
                      f"and logits.shape={logits.shape}")
-  gamma = _validate.check_real("gamma", gamma, low=0.0)
-  alpha = _validate.check_real("alpha", alpha, high=1.0)
+  gamma = _validate.hyperparameter("gamma", gamma, low=0.0)
+  alpha = _validate.hyperparameter("alpha", alpha, high=1.0)
+  balance = not _validate.is_concrete(alpha) or float(alpha) >= 0
   reduction = _validate.check_reduction(reduction)
   if _validate.is_concrete(targets):
     host = jax.device_get(targets)
     if ((host < 0) | (host > 1)).any():
       raise ValueError("targets must lie in [0, 1], got values outside it")
-  return _sigmoid_focal_loss(logits, targets, gamma=gamma, alpha=alpha, reduction=reduction)
+  return _sigmoid_focal_loss(logits, targets, gamma, alpha, balance=balance, reduction=reduction)
 
 
-@functools.partial(jax.jit, static_argnames=("gamma", "alpha", "reduction"))
-def _sigmoid_focal_loss(logits, targets, *, gamma, alpha, reduction):
+def _log_one_minus_pt(t, log_p, log_1mp):
+  """``log(1 - p_t) = log(t (1 - p) + (1 - t) p)``: two non-negative terms, no cancellation.
+
+  Computed directly where the sum is a normal float (exact gradients w.r.t. logits and targets);
+  where it underflows (saturated logits), in log space, which keeps the logit gradient exact. The
+  double ``where`` keeps the branch not taken from producing NaN gradients.
+  """
+  dtype = log_p.dtype
+  q = t * jnp.exp(log_1mp) + (1 - t) * jnp.exp(log_p)
+  direct = q > jnp.sqrt(jnp.finfo(dtype).tiny)
+  log_q_direct = jnp.log(jnp.where(direct, q, 1))
+  log_t = jnp.where(t > 0, jnp.log(jnp.where(t > 0, t, 1)), -jnp.inf)
+  log_1mt = jnp.where(t < 1, jnp.log(jnp.where(t < 1, 1 - t, 1)), -jnp.inf)
+  log_q_logspace = jnp.logaddexp(log_t + log_1mp, log_1mt + log_p)
+  return jnp.where(direct, log_q_direct, log_q_logspace)
+
+
+@functools.partial(jax.jit, static_argnames=("balance", "reduction"))
+def _sigmoid_focal_loss(logits, targets, gamma, alpha, *, balance, reduction):
   dtype = _validate.compute_dtype(logits.dtype)
   z = logits.astype(dtype)
   t = targets.astype(dtype)
+  gamma = jnp.asarray(gamma, dtype)
+  alpha = jnp.asarray(alpha, dtype)
   in_range = (t >= 0) & (t <= 1)
   t = jnp.where(in_range, t, 0.5)
   log_p = jax.nn.log_sigmoid(z)
   log_1mp = jax.nn.log_sigmoid(-z)
   loss = -(t * log_p + (1 - t) * log_1mp)  # binary_cross_entropy_with_logits
-  if gamma:
-    # 1 - p_t = t (1 - p) + (1 - t) p: two non-negative terms, no cancellation.
-    q = t * jnp.exp(log_1mp) + (1 - t) * jnp.exp(log_p)
-    direct = q > jnp.sqrt(jnp.finfo(dtype).tiny)
-    log_q_direct = jnp.log(jnp.where(direct, q, 1))
-    safe_t = jnp.where(t > 0, t, 1)
-    safe_1mt = jnp.where(t < 1, 1 - t, 1)
-    log_q_logspace = jnp.logaddexp(jnp.where(t > 0, jnp.log(safe_t), -jnp.inf) + log_1mp,
-                                   jnp.where(t < 1, jnp.log(safe_1mt), -jnp.inf) + log_p)
-    loss = loss * jnp.exp(gamma * jnp.where(direct, log_q_direct, log_q_logspace))
-  if alpha >= 0:
+  # log_q is finite for finite logits, so gamma = 0 multiplies by exactly 1 (torch: 0**0 = 1).
+  loss = loss * jnp.exp(gamma * _log_one_minus_pt(t, log_p, log_1mp))
+  if balance:
     loss = loss * (alpha * t + (1 - alpha) * (1 - t))
   loss = jnp.where(in_range, loss, jnp.nan)
   if reduction == "mean":

@@ -63,9 +63,10 @@ def cross_entropy(
   ignore_index = _validate.check_ignore_index(ignore_index)
   label_smoothing = _validate.check_real("label_smoothing", label_smoothing, low=0.0, high=1.0,
                                          high_open=True)
+  # The value is traced (a new value does not recompile); only "is there smoothing" is static.
   reduction = _validate.check_reduction(reduction)
   _validate.check_labels_in_range(labels, num_classes, ignore_index)
-  return _cross_entropy(logits, labels, weight, smoothing=label_smoothing,
+  return _cross_entropy(logits, labels, weight, label_smoothing, smooth=label_smoothing > 0,
                         ignore_index=ignore_index, reduction=reduction)
 
 
@@ -128,12 +129,12 @@ def label_smoothing_loss(
   _validate.check_labels_in_range(labels, num_classes, ignore_index)
   if spread == "others":
     smoothing = smoothing * num_classes / (num_classes - 1)
-  return _cross_entropy(logits, labels, weight, smoothing=smoothing, ignore_index=ignore_index,
-                        reduction=reduction)
+  return _cross_entropy(logits, labels, weight, smoothing, smooth=smoothing > 0,
+                        ignore_index=ignore_index, reduction=reduction)
 
 
-@functools.partial(jax.jit, static_argnames=("smoothing", "ignore_index", "reduction"))
-def _cross_entropy(logits, labels, weight, *, smoothing, ignore_index, reduction):
+@functools.partial(jax.jit, static_argnames=("smooth", "ignore_index", "reduction"))
+def _cross_entropy(logits, labels, weight, smoothing, *, smooth, ignore_index, reduction):
   dtype = _validate.compute_dtype(logits.dtype)
   x = logits.astype(dtype)
   num_classes = x.shape[-1]
@@ -142,7 +143,8 @@ def _cross_entropy(logits, labels, weight, *, smoothing, ignore_index, reduction
   example_weight = None if weight is None else weight.astype(dtype)[safe]
   nll = -log_pt if example_weight is None else -log_pt * example_weight
   per_example = nll
-  if smoothing:
+  if smooth:
+    smoothing = jnp.asarray(smoothing, dtype)
     neg_log_p = lse[..., None] - x
     if weight is not None:
       neg_log_p = neg_log_p * weight.astype(dtype)

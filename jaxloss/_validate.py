@@ -64,6 +64,21 @@ def check_real(name: str, value: Any, *, low: float | None = None, high: float |
   return value
 
 
+def hyperparameter(name: str, value: Any, *, low: float | None = None,
+                   high: float | None = None) -> Any:
+  """A scalar hyper-parameter that is traced, not static: a Python real is range-checked and kept,
+  a concrete 0-d array is checked too, a tracer passes through unchecked."""
+  if isinstance(value, jax.core.Tracer):
+    if value.ndim != 0:
+      raise ValueError(f"{name} must be a scalar, got {name}.shape={value.shape}")
+    return value
+  if isinstance(value, (np.ndarray, jax.Array)):
+    if value.ndim != 0:
+      raise ValueError(f"{name} must be a scalar, got {name}.shape={value.shape}")
+    value = value.item()
+  return check_real(name, value, low=low, high=high)
+
+
 def check_ignore_index(ignore_index: Any) -> int | None:
   if ignore_index is None:
     return None

@@ -1,0 +1,17 @@
+"""Suite-wide test settings: deterministic hypothesis runs (CI must not flake)."""
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+# derandomize: the same examples on every run. JAXLOSS_HYPOTHESIS_EXAMPLES raises the budget for a
+# thorough local run (e.g. 1000); the default keeps the whole suite well inside CI's time.
+settings.register_profile(
+    "jaxloss",
+    derandomize=True,
+    deadline=None,
+    max_examples=int(os.environ.get("JAXLOSS_HYPOTHESIS_EXAMPLES", "30")),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.load_profile("jaxloss")
