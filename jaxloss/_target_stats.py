@@ -13,8 +13,9 @@ NaN (``(1 - p)**gamma`` with ``p == 1`` in floating point).
 
 The function is a ``jax.custom_vjp``: the forward pass reads the logits twice (row max, then one
 ``exp`` and sum), the backward pass writes ``g_t * onehot + g_o * softmax_{others}`` in one fused
-pass from the saved ``lse_o``; no ``(..., C)`` intermediate is stored. Forward-mode differentiation
-(``jax.jvp``, ``jax.jacfwd``) is therefore not available; reverse mode is, to any order.
+pass from the saved ``lse_o``; no ``(..., C)`` intermediate is stored. Reverse mode works to any
+order and so does forward-over-reverse (``jax.hessian``); forward mode applied to the loss itself
+(``jax.jvp``, ``jax.jacfwd``) raises ``TypeError``.
 """
 
 from __future__ import annotations

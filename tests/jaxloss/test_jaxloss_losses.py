@@ -49,6 +49,19 @@ def test_check_grads_sigmoid_focal_logits_and_soft_targets():
                 modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
+def test_hessian_works_and_forward_mode_raises():
+  x = jnp.array([[0.3, -1.0, 2.0]], jnp.float32)
+  y = jnp.array([1])
+  loss = lambda v: jaxloss.focal_loss(v, y, gamma=0.5)
+  hessian = jax.hessian(loss)(x).reshape(3, 3)
+  np.testing.assert_allclose(hessian, jax.jacrev(jax.jacrev(loss))(x).reshape(3, 3), rtol=1e-5,
+                             atol=1e-7)
+  np.testing.assert_allclose(hessian, hessian.T, atol=1e-6)
+  np.testing.assert_allclose(hessian.sum(axis=1), 0.0, atol=1e-6)  # shift invariance
+  with pytest.raises(TypeError, match="custom_vjp"):
+    jax.jvp(loss, (x,), (jnp.ones_like(x),))
+
+
 def test_target_stats_gradient_matches_autodiff_of_plain_formula():
   def plain(z, y):
     onehot = jax.nn.one_hot(y, z.shape[-1], dtype=bool)
