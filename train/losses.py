@@ -1,0 +1,151 @@
+"""Training losses by name, built from jaxloss, with masked (padded) examples left out.
+
+`create_loss(name, num_classes=..., **hyper_parameters)` returns `loss_fn(logits, labels, mask)`
+giving the mean loss over the examples whose `mask` is True (all of them when `mask is None`).
+Per-example losses use `reduction="none"` and a masked mean, so a padded evaluation batch counts
+exactly its real examples.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+import jaxloss
+
+__all__ = ["LOSSES", "LossFn", "create_loss"]
+
+LossFn = Callable[[jax.Array, jax.Array, "jax.Array | None"], jax.Array]
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
+    if mask is None:
+        return jnp.mean(values)
+    mask = jnp.asarray(mask, bool)
+    total = jnp.sum(jnp.where(mask, values, 0.0))
+    return total / jnp.maximum(jnp.sum(mask), 1).astype(values.dtype)
+
+
+def _ce(logits, labels, mask, *, label_smoothing):
+    per = jaxloss.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="none")
+    return _masked_mean(per, mask)
+
+
+def _focal(logits, labels, mask, *, gamma, alpha):
+    per = jaxloss.focal_loss(logits, labels, gamma=gamma, alpha=alpha, reduction="none")
+    return _masked_mean(per, mask)
+
+
+def _smoothing(logits, labels, mask, *, smoothing, spread):
+    per = jaxloss.label_smoothing_loss(logits, labels, smoothing=smoothing, spread=spread,
+                                       reduction="none")
+    return _masked_mean(per, mask)
+
+
+def _sigmoid_focal(logits, labels, mask, *, gamma, alpha):
+    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+    per = jaxloss.sigmoid_focal_loss(logits, targets, gamma=gamma, alpha=alpha, reduction="none")
+    return _masked_mean(jnp.mean(per, axis=-1), mask)  # torchvision "mean": over all elements
+
+
+def _f1(logits, labels, mask, *, epsilon):
+    if mask is None:
+        return jaxloss.f1_loss(logits, labels, epsilon=epsilon)
+    # jaxloss.f1_loss has no mask: its soft counts are sums over examples, so padded examples are
+    # removed by zeroing their contribution (same formula as jaxloss._f1; tested equal to
+    # jaxloss.f1_loss on the unmasked subset).
+    c = logits.shape[-1]
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    one_hot = jax.nn.one_hot(labels, c, dtype=jnp.float32)
+    m = jnp.asarray(mask, jnp.float32)[:, None]
+    tp = jnp.sum(m * one_hot * probs, axis=0)
+    fp = jnp.sum(m * (1 - one_hot) * probs, axis=0)
+    fn = jnp.sum(m * one_hot * (1 - probs), axis=0)
+    precision = tp / (tp + fp + epsilon)
+    recall = tp / (tp + fn + epsilon)
+    f1 = jnp.clip(2 * precision * recall / (precision + recall + epsilon), epsilon, 1 - epsilon)
+    return 1 - jnp.mean(f1)
+
+
+LOSSES: dict[str, Callable[..., jax.Array]] = {
+    "ce": _ce,
+    "focal": _focal,
+    "label_smoothing": _smoothing,
+    "f1": _f1,
+    "sigmoid_focal": _sigmoid_focal,
+}
+
+
+def _alpha(focal_alpha: float | Sequence[float] | None, num_classes: int, name: str):
+    if focal_alpha is None or isinstance(focal_alpha, (int, float)):
+        return focal_alpha
+    alpha = tuple(float(a) for a in focal_alpha)
+    if len(alpha) == 1:
+        return alpha[0]
+    if name == "sigmoid_focal":
+        raise ValueError(f"sigmoid_focal takes a scalar alpha, got {focal_alpha=}")
+    if len(alpha) != num_classes:
+        raise ValueError(f"focal alpha needs one value per class ({num_classes}), got {focal_alpha=}")
+    return jnp.asarray(alpha, jnp.float32)
+
+
+def create_loss(name: str, *, num_classes: int, focal_gamma: float = 2.0,
+                focal_alpha: float | Sequence[float] | None = None,
+                label_smoothing: float | None = None, smoothing_spread: str = "others",
+                f1_epsilon: float = 1e-7) -> LossFn:
+    """Builds `loss_fn(logits, labels, mask=None) -> scalar` by name.
+
+    Args:
+      name: one of `LOSSES`: "ce" (torch cross-entropy, `label_smoothing` spread over all classes),
+        "focal" (softmax focal, `focal_gamma`, `focal_alpha` scalar or one value per class),
+        "label_smoothing" (the seeds' loss, `label_smoothing` default 0.2 as seed 004,
+        `smoothing_spread`), "f1" (soft macro-F1, `f1_epsilon`), "sigmoid_focal" (torchvision's,
+        one-hot targets from the labels, `focal_alpha` scalar default 0.25).
+      num_classes: number of classes `C`.
+      focal_gamma, focal_alpha, label_smoothing, smoothing_spread, f1_epsilon: hyper-parameters.
+
+    Returns:
+      A function of float `(batch, C)` logits, int `(batch,)` labels and an optional bool `(batch,)`
+      mask, returning the float32 mean loss over the unmasked examples.
+
+    Examples:
+      >>> loss = create_loss("focal", num_classes=3, focal_gamma=0.0)
+      >>> logits, labels = jnp.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]]), jnp.array([0, 1])
+      >>> round(float(loss(logits, labels, jnp.array([True, False]))), 4)  # CE of example 0
+      0.2413
+    """
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes=}")
+    alpha = _alpha(focal_alpha, num_classes, name)
+    if name == "ce":
+        kw = dict(label_smoothing=0.0 if label_smoothing is None else float(label_smoothing))
+        if not 0.0 <= kw["label_smoothing"] < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing=}")
+    elif name == "focal":
+        kw = dict(gamma=float(focal_gamma), alpha=alpha)
+    elif name == "label_smoothing":
+        kw = dict(smoothing=0.2 if label_smoothing is None else float(label_smoothing),
+                  spread=smoothing_spread)
+        if not 0.0 <= kw["smoothing"] < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing=}")
+        if smoothing_spread not in ("others", "uniform"):
+            raise ValueError(f"smoothing_spread must be 'others' or 'uniform', got {smoothing_spread=}")
+    elif name == "sigmoid_focal":
+        kw = dict(gamma=float(focal_gamma), alpha=0.25 if alpha is None else float(alpha))
+    else:
+        if not 0.0 < f1_epsilon < 0.5:
+            raise ValueError(f"f1_epsilon must be in (0, 0.5), got {f1_epsilon=}")
+        kw = dict(epsilon=float(f1_epsilon))
+    if name in ("focal", "sigmoid_focal") and focal_gamma < 0:
+        raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma=}")
+    fn = functools.partial(LOSSES[name], **kw)
+
+    def loss_fn(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        return fn(logits, labels, mask)
+
+    return loss_fn
