@@ -30,13 +30,14 @@ advances once per real step.
 from __future__ import annotations
 
 from collections.abc import Callable
-import math
 import operator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from train._checks import check_real
 
 __all__ = ["OPTIMIZERS", "create_optimizer", "get_learning_rate", "set_learning_rate"]
 
@@ -80,21 +81,6 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 }
 """Registry: optimiser name -> factory ``(learning_rate, *, momentum, nesterov, weight_decay, b1,
 b2, eps) -> optax.GradientTransformation`` (the LR not yet injected)."""
-
-
-def _real(name: str, value: Any, *, low: float, high: float = math.inf,
-          high_open: bool = False) -> float:
-    if isinstance(value, (bool, str, bytes)):
-        raise ValueError(f"{name} must be a real number, got {name}={value!r}")
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number, got {name}={value!r}") from None
-    too_high = value >= high if high_open else value > high
-    if not math.isfinite(value) or value < low or too_high:
-        bracket = ")" if high_open else "]"
-        raise ValueError(f"{name} must be finite and in [{low}, {high}{bracket}, got {name}={value!r}")
-    return value
 
 
 def create_optimizer(
@@ -150,12 +136,12 @@ def create_optimizer(
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer: got {name=}; expected one of {sorted(OPTIMIZERS)}")
-    learning_rate = _real("learning_rate", learning_rate, low=0.0)
-    momentum = _real("momentum", momentum, low=0.0)
-    weight_decay = _real("weight_decay", weight_decay, low=0.0)
-    b1 = _real("b1", b1, low=0.0, high=1.0, high_open=True)
-    b2 = _real("b2", b2, low=0.0, high=1.0, high_open=True)
-    eps = _real("eps", eps, low=0.0)
+    learning_rate = check_real("learning_rate", learning_rate, low=0.0)
+    momentum = check_real("momentum", momentum, low=0.0)
+    weight_decay = check_real("weight_decay", weight_decay, low=0.0)
+    b1 = check_real("b1", b1, low=0.0, high=1.0, high_open=True)
+    b2 = check_real("b2", b2, low=0.0, high=1.0, high_open=True)
+    eps = check_real("eps", eps, low=0.0)
     if not isinstance(nesterov, bool):
         raise ValueError(f"nesterov must be a bool, got {nesterov=}")
     if nesterov and name != "sgd":

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import operator
 from collections.abc import Callable
 from typing import Literal, NamedTuple
+
+from train._checks import check_int, check_real
 
 __all__ = [
         "PlateauState",
@@ -48,36 +49,8 @@ Schedule = Callable[[int], float]
 # --------------------------------------------------------------------------- #
 # Validation helpers (static arguments, checked eagerly).
 # --------------------------------------------------------------------------- #
-def _check_real(name: str, value: object, *, minimum: float | None = None) -> float:
-    """Returns ``value`` as a float, or raises ValueError naming the argument."""
-    if isinstance(value, (bool, str, bytes)):
-        raise ValueError(f"{name} must be a real number, got {name}={value!r}")
-    try:
-        value = float(value)  # Python and NumPy scalars, 0-d arrays
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number, got {name}={value!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {name}={value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {name}={value!r}")
-    return value
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> int:
-    """Returns ``value`` as an int, or raises ValueError naming the argument."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {name}={value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer, got {name}={value!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {name}={value!r}")
-    return value
-
-
 def _check_epoch(epoch: object) -> int:
-    return _check_int("epoch", epoch, minimum=0)
+    return check_int("epoch", epoch, minimum=0)
 
 
 # --------------------------------------------------------------------------- #
@@ -103,7 +76,7 @@ def constant_lr(base_lr: float) -> Schedule:
         >>> [schedule(e) for e in range(3)]
         [0.1, 0.1, 0.1]
     """
-    base_lr = _check_real("base_lr", base_lr, minimum=0.0)
+    base_lr = check_real("base_lr", base_lr, low=0.0)
 
     def schedule(epoch: int) -> float:
         _check_epoch(epoch)
@@ -143,9 +116,9 @@ def step_lr(base_lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
         >>> [schedule(e) for e in range(6)]
         [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
     """
-    base_lr = _check_real("base_lr", base_lr, minimum=0.0)
-    step_size = _check_int("step_size", step_size, minimum=1)
-    gamma = _check_real("gamma", gamma)
+    base_lr = check_real("base_lr", base_lr, low=0.0)
+    step_size = check_int("step_size", step_size, minimum=1)
+    gamma = check_real("gamma", gamma)
 
     def schedule(epoch: int) -> float:
         epoch = _check_epoch(epoch)
@@ -198,9 +171,9 @@ def cosine_annealing_lr(base_lr: float, t_max: int, eta_min: float = 0.0) -> Sch
         >>> [round(schedule(e), 12) for e in range(6)]
         [1.0, 0.5, 0.0, 0.5, 1.0, 0.5]
     """
-    base_lr = _check_real("base_lr", base_lr, minimum=0.0)
-    t_max = _check_int("t_max", t_max, minimum=1)
-    eta_min = _check_real("eta_min", eta_min)
+    base_lr = check_real("base_lr", base_lr, low=0.0)
+    t_max = check_int("t_max", t_max, minimum=1)
+    eta_min = check_real("eta_min", eta_min)
 
     def schedule(epoch: int) -> float:
         epoch = _check_epoch(epoch)
@@ -402,18 +375,18 @@ def reduce_lr_on_plateau(
         raise ValueError(f"mode must be 'min' or 'max', got {mode=}")
     if threshold_mode not in ("rel", "abs"):
         raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {threshold_mode=}")
-    base_lr = _check_real("base_lr", base_lr, minimum=0.0)
-    factor = _check_real("factor", factor, minimum=0.0)
+    base_lr = check_real("base_lr", base_lr, low=0.0)
+    factor = check_real("factor", factor, low=0.0)
     if factor >= 1.0:
         raise ValueError(f"factor must be < 1.0, got {factor=}")
     return ReduceLROnPlateau(
             base_lr=base_lr,
             mode=mode,
             factor=factor,
-            patience=_check_int("patience", patience, minimum=0),
-            threshold=_check_real("threshold", threshold, minimum=0.0),
+            patience=check_int("patience", patience, minimum=0),
+            threshold=check_real("threshold", threshold, low=0.0),
             threshold_mode=threshold_mode,
-            cooldown=_check_int("cooldown", cooldown, minimum=0),
-            min_lr=_check_real("min_lr", min_lr, minimum=0.0),
-            eps=_check_real("eps", eps, minimum=0.0),
+            cooldown=check_int("cooldown", cooldown, minimum=0),
+            min_lr=check_real("min_lr", min_lr, low=0.0),
+            eps=check_real("eps", eps, low=0.0),
     )

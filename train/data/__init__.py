@@ -21,12 +21,11 @@ naming what is wrong; bad arguments raise ``ValueError`` naming the argument.
 
 from __future__ import annotations
 
-import math
-import operator
 import os
 from typing import TYPE_CHECKING, Any
 
 from train.data.errors import DataError
+from train._checks import check_int, check_real
 
 if TYPE_CHECKING:
     from train.data.pipeline import Batch, Input
@@ -104,9 +103,9 @@ def build_input(
     """
     if not isinstance(dataset, str) or not dataset:
         raise ValueError(f"dataset must be a non-empty string, got {dataset=}")
-    batch_size = _check_int("batch_size", batch_size, minimum=1)
-    eval_batch_size = batch_size if eval_batch_size is None else _check_int("eval_batch_size", eval_batch_size, minimum=1)
-    val_fraction = _check_real("val_fraction", val_fraction)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    eval_batch_size = batch_size if eval_batch_size is None else check_int("eval_batch_size", eval_batch_size, minimum=1)
+    val_fraction = check_real("val_fraction", val_fraction)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction=}")
     if imbalance is not None:
@@ -114,15 +113,15 @@ def build_input(
             cls, fraction = imbalance
         except (TypeError, ValueError):
             raise ValueError(f"imbalance must be (class, fraction), got {imbalance=}") from None
-        cls = _check_int("imbalance class", cls, minimum=0)
-        fraction = _check_real("imbalance fraction", fraction)
+        cls = check_int("imbalance class", cls, minimum=0)
+        fraction = check_real("imbalance fraction", fraction)
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"imbalance fraction must be in (0, 1], got {imbalance=}")
         imbalance = (cls, fraction)
     if image_size is not None:
-        image_size = _check_int("image_size", image_size, minimum=1)
-    seed = _check_int("seed", seed, minimum=0)
-    prefetch = _check_int("prefetch", prefetch, minimum=0)
+        image_size = check_int("image_size", image_size, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
+    prefetch = check_int("prefetch", prefetch, minimum=0)
 
     # Imports here keep `import train.data` light (tfds and grain load on first use).
     from train.data import pipeline
@@ -159,25 +158,3 @@ def build_input(
     return pipeline.from_arrays(arrays, image_size=image_size, options=options)
 
 
-def _check_int(name: str, value: object, *, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {name}={value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer, got {name}={value!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {name}={value!r}")
-    return value
-
-
-def _check_real(name: str, value: object) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a real number, got {name}={value!r}")
-    try:
-        value = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number, got {name}={value!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {name}={value!r}")
-    return value

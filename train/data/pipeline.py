@@ -22,7 +22,6 @@ epoch the shuffle and the augmentation.
 from __future__ import annotations
 
 import dataclasses
-import operator
 import os
 from collections.abc import Iterator, Sequence
 
@@ -31,6 +30,7 @@ import numpy as np
 from PIL import Image  # noqa: F401  (used by the doctests)
 
 from train.data.augment import resize_images
+from train._checks import check_int
 from train.data.catalog import ArrayDataset
 from train.data.errors import DataError
 from train.data.imagefolder import ImageFolder
@@ -196,7 +196,7 @@ class Input:
             >>> first == [b["label"].tolist() for b in data.train_batches(1)]
             False
         """
-        epoch = _check_int("epoch", epoch, minimum=0)
+        epoch = check_int("epoch", epoch, minimum=0)
         pool, indices = self.splits["train"]
         ds = grain.MapDataset.source(indices).shuffle(seed=derive_seed(self.seed, epoch, _SHUFFLE))
         ds = ds.batch(self.batch_size, drop_remainder=True)
@@ -262,18 +262,6 @@ def _closing(iterator: grain.DatasetIterator) -> Iterator[Batch]:
         yield from iterator
     finally:
         iterator.close()  # stop the prefetch threads when the consumer stops early
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {name}={value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer, got {name}={value!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {name}={value!r}")
-    return value
 
 
 def _channel_stats(images: np.ndarray, max_value: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
