@@ -221,6 +221,30 @@ def test_accumulation_updates_every_n_steps_and_bfloat16_compute():
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_accumulated_micro_batches_equal_one_big_batch_without_batchnorm(optimizer):
+    """--accum N over N micro-batches == one step on their concatenation (LeNet has no BatchNorm,
+    so the only difference is the order of the float32 sums)."""
+    batch = next(FakeInput().train_batches(0))
+    micro = [{k: v[i::2] for k, v in batch.items()} for i in range(2)]  # two halves of 4
+    big = {k: np.concatenate([m[k] for m in micro]) for k in batch}
+    accum = _config(model="lenet", accum=2, optimizer=optimizer, lr=0.05)
+    plain = _config(model="lenet", accum=1, optimizer=optimizer, lr=0.05)
+    s_accum, s_plain = _state(accum), _state(plain)
+    np.testing.assert_array_equal(s_accum.params["fc3"]["kernel"][...],
+                                  s_plain.params["fc3"]["kernel"][...])
+    step_accum, step_plain = _jitted_step(accum), _jitted_step(plain)
+    for _ in range(2):  # two real optimiser steps
+        for m in micro:
+            s_accum, _ = step_accum(s_accum, m, jax.random.key(0))
+        s_plain, _ = step_plain(s_plain, big, jax.random.key(0))
+    for a, b in zip(jax.tree.leaves(s_accum.params), jax.tree.leaves(s_plain.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
+        jax.tree.leaves(s_plain.params), jax.tree.leaves(_state(plain).params)))
+    assert moved > 1e-3  # the steps did something
+
+
 _DATA_PARALLEL = r'''
 import functools, jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_num_cpu_devices", 2)
