@@ -1,8 +1,8 @@
 """train.models vs a PyTorch torchvision-layout ResNet with the same weights (eval and train mode).
 
-The torch reference below is torchvision's `resnet.py` BasicBlock/ResNet written out (torchvision is
-not installed here), with a configurable width. Weights are copied from the NNX model by name, the
-same key mapping a torchvision state_dict import uses:
+The torch reference (`torch_models.TorchResNet`) is torchvision's `resnet.py` BasicBlock/ResNet
+written out (torchvision is not installed here), with a configurable width. Weights are copied from
+the NNX model by name, the same key mapping a torchvision state_dict import uses:
 `conv.kernel (H, W, I, O)` -> `conv.weight (O, I, H, W)`, `bn.scale/bias/mean/var` ->
 `bn.weight/bias/running_mean/running_var`, `fc.kernel (I, O)` -> `fc.weight (O, I)`, and
 `downsample[0]`/`downsample[1]` -> `downsample.0`/`downsample.1`.
@@ -19,55 +19,9 @@ import torch
 from flax import nnx
 
 from train import models
+from torch_models import TorchResNet
 
 ATOL = 1e-4
-
-
-class TorchBasicBlock(torch.nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = torch.nn.BatchNorm2d(cout)
-        self.conv2 = torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = torch.nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                                  torch.nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        y = torch.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-
-class TorchResNet(torch.nn.Module):
-    def __init__(self, depths, num_classes, width, cifar):
-        super().__init__()
-        if cifar:
-            self.conv1 = torch.nn.Conv2d(3, width, 3, 1, 1, bias=False)
-        else:
-            self.conv1 = torch.nn.Conv2d(3, width, 7, 2, 3, bias=False)
-        self.cifar = cifar
-        self.bn1 = torch.nn.BatchNorm2d(width)
-        self.maxpool = torch.nn.MaxPool2d(3, 2, 1)
-        cin = width
-        for i, depth in enumerate(depths):
-            cout = width * 2**i
-            blocks = []
-            for j in range(depth):
-                blocks.append(TorchBasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1))
-                cin = cout
-            setattr(self, f"layer{i + 1}", torch.nn.Sequential(*blocks))
-        self.fc = torch.nn.Linear(cin, num_classes)
-
-    def forward(self, x):
-        x = torch.relu(self.bn1(self.conv1(x)))
-        if not self.cifar:
-            x = self.maxpool(x)
-        for i in range(1, 5):
-            x = getattr(self, f"layer{i}")(x)
-        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
 def _torch_key(path):

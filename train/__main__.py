@@ -71,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "lenet: first conv channels, 6)")
     g.add_argument("--dtype", choices=DTYPES, default=d.dtype,
                    help="compute dtype (params stay float32); bfloat16 on GPU/TPU")
+    g = p.add_argument_group("fine-tuning / torch export (ResNets; needs PyTorch)")
+    g.add_argument("--init-from", default=None, metavar="WEIGHTS.pth",
+                   help="start from a torch state_dict (torchvision names for resnet18/34, seed-004 "
+                        "names for *_cifar); a head with another class count is replaced; the "
+                        "width comes from the checkpoint")
+    g.add_argument("--freeze-backbone", action="store_true",
+                   help="with --init-from: train only the classifier head (fc)")
+    g.add_argument("--export-torch", default=None, metavar="OUT.pth",
+                   help="write the best-by-val-loss model as a torch state_dict at the end")
     g = p.add_argument_group("loss")
     g.add_argument("--loss", choices=_LOSSES, default=d.loss, help="training loss (jaxloss)")
     g.add_argument("--focal-gamma", type=float, default=d.focal_gamma, help="focal/sigmoid_focal gamma")
@@ -156,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from train import train_lib  # heavy imports after the flags are known to be good
 
         summary = train_lib.train_and_evaluate(config, workdir)
-    except ValueError as e:  # includes train.data.DataError
+    except ValueError as e:  # includes train.data.DataError and train.port.PortError
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -168,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{summary['val_f1']:.4f}")
     outputs = "config.json, metrics.jsonl, checkpoints/" + (", curves.png" if config.plot else "")
     print(f"results written to {summary['workdir']} ({outputs})")
+    if "export_torch" in summary:
+        print(f"torch state_dict written to {summary['export_torch']}")
     return 0
 
 

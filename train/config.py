@@ -17,6 +17,7 @@ __all__ = ["Config", "SCHEDULES", "DTYPES"]
 
 SCHEDULES = ("constant", "step", "cosine", "plateau")
 DTYPES = ("float32", "bfloat16")
+_PORTABLE = ("resnet18", "resnet34", "resnet18_cifar", "resnet34_cifar")  # train.port.LAYOUTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,10 @@ class Config:
     model: str = "resnet18_cifar"
     width: int | None = 24
     dtype: str = "float32"
+    # fine-tuning from / export to a torch state_dict (ResNets only; train.port, train.finetune)
+    init_from: str | None = None
+    freeze_backbone: bool = False
+    export_torch: str | None = None
     # loss
     loss: str = "ce"
     focal_gamma: float = 2.0
@@ -127,6 +132,12 @@ class Config:
             raise ValueError(f"dtype must be one of {DTYPES}, got dtype={self.dtype!r}")
         if self.plateau_mode not in ("min", "max"):
             raise ValueError(f"plateau_mode must be 'min' or 'max', got {self.plateau_mode=}")
+        if (self.init_from or self.export_torch) and self.model not in _PORTABLE:
+            raise ValueError(f"--init-from/--export-torch need a ResNet model {_PORTABLE}, got "
+                             f"model={self.model!r}")
+        if self.freeze_backbone and not self.init_from:
+            raise ValueError("freeze_backbone needs init_from (a checkpoint to fine-tune), got "
+                             f"init_from={self.init_from!r}")
         if self.imbalance is not None:
             cls, frac = self.imbalance
             if not isinstance(cls, int) or cls < 0 or not 0.0 < frac <= 1.0:

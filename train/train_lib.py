@@ -94,6 +94,9 @@ def create_train_state(config: Config, *, num_classes: int, image_shape: tuple[i
     tx = _optimizer(config.optimizer, learning_rate=config.lr, momentum=config.momentum,
                     nesterov=config.nesterov, weight_decay=config.weight_decay,
                     accum_steps=config.accum)
+    if config.freeze_backbone:
+        from train import finetune
+        tx = finetune.freeze_backbone(tx)  # only the classifier head trains
     graphdef, init = _initializer(config.model, num_classes, tuple(image_shape), config.dtype,
                                   config.width, tx)
     params, batch_stats, opt_state = init(key)
@@ -316,7 +319,7 @@ class LoopState:
 
 
 # Fields that may change when a run is resumed; any other difference is a different run.
-_RESUMABLE = ("resume", "epochs", "early_stopping", "limit_train_batches", "plot", "cache_dir",
+_RESUMABLE = ("resume", "export_torch", "epochs", "early_stopping", "limit_train_batches", "plot", "cache_dir",
               "data_dir")
 
 
@@ -355,6 +358,21 @@ def _limit(batches, n: int | None):
         if n is not None and i >= n:
             return
         yield b
+
+
+def _export_torch(config: Config, ckpt: checkpoints.Checkpoints, state: TrainState,
+                  log: Callable[[str], None]) -> None:
+    """Writes the best-by-val-loss state (else the last) as a torch state_dict."""
+    from train import port
+    best_step = ckpt.best_step("best_loss")
+    if best_step is not None:
+        state = ckpt.restore_best("best_loss", state)
+    # torch's num_batches_tracked counts train-mode forward passes: this run's micro-steps
+    state_dict = port.to_torch(state.params, state.batch_stats, layout=port.LAYOUTS[config.model],
+                               num_batches_tracked=int(state.step))
+    port.save_state_dict(state_dict, config.export_torch)
+    which = f"best val loss, epoch {best_step}" if best_step is not None else "last epoch"
+    log(f"exported the model ({which}) as a torch state_dict to {config.export_torch}")
 
 
 def train_and_evaluate(config: Config, workdir: str, *, data: Any | None = None,
@@ -398,6 +416,14 @@ def train_and_evaluate(config: Config, workdir: str, *, data: Any | None = None,
         focal_alpha=config.focal_alpha, label_smoothing=config.label_smoothing,
         smoothing_spread=config.smoothing_spread, f1_epsilon=config.f1_epsilon)
     scheduler = _Scheduler(config)
+    torch_weights = None
+    if config.init_from:  # fine-tuning (seed 000): the width comes from the checkpoint
+        from train import port
+        torch_weights = port.load_state_dict(config.init_from)
+        width = port.checkpoint_info(torch_weights, layout=port.LAYOUTS[config.model])["width"]
+        if width != config.width:
+            log(f"init-from: width {width} from the checkpoint (not {config.width})")
+            config = dataclasses.replace(config, width=width)
 
     # Parameters come from an RBG key (XLA's RngBitGenerator): a ResNet's threefry initialisers
     # take ~4x longer to compile on CPU (14 s vs 3 s here). Values are reproducible on a given
@@ -406,6 +432,10 @@ def train_and_evaluate(config: Config, workdir: str, *, data: Any | None = None,
     step_key = jax.random.fold_in(jax.random.key(config.seed), 1)
     state = create_train_state(config, num_classes=num_classes, image_shape=data.image_shape,
                                key=init_key)
+    if torch_weights is not None:
+        from train import finetune
+        state = finetune.init_from_torch(state, torch_weights, model=config.model,
+                                         num_classes=num_classes, log=log)
     os.makedirs(workdir, exist_ok=True)  # only once data and model are known to be good
     ckpt = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"))
     loop = LoopState(plateau=scheduler.init())
@@ -484,6 +514,9 @@ def train_and_evaluate(config: Config, workdir: str, *, data: Any | None = None,
         log(f"test (best val loss, epoch {ckpt.best_step('best_loss')}): "
             f"loss {summary['test_loss']:.4f} acc {summary['test_accuracy']:.4f} "
             f"f1 {summary['test_f1']:.4f}")
+    if config.export_torch:
+        _export_torch(config, ckpt, state, log)
+        summary["export_torch"] = os.path.abspath(config.export_torch)
     ckpt.close()
     if config.plot and loop.history:
         from train import plots

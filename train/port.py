@@ -1,0 +1,392 @@
+r"""PyTorch state_dict <-> Flax NNX ResNet weights: torchvision and seed-004 CIFAR layouts.
+
+`from_torch` loads a torch ResNet-18/34 state_dict into the `params` / `batch_stats` of a
+`train.models` ResNet; `to_torch` writes them back as a state_dict with torch's key names and order
+(`num_batches_tracked` included). `load_state_dict` / `save_state_dict` read and write files.
+
+torch is imported lazily, inside `load_state_dict` and `save_state_dict` only: the trainer runs
+without it, and a missing torch gives a `PortError` saying so. Files are read with
+`torch.load(path, map_location="cpu", weights_only=True)` (tensors and containers only: no
+arbitrary object is ever unpickled) or, for `*.safetensors`, with `safetensors.numpy` if installed.
+
+Layouts (`LAYOUTS` maps a `train.models` name to one):
+
+- `"torchvision"` (`resnet18`, `resnet34`): torchvision's names, identical on both sides: `conv1`,
+  `bn1`, `layer{1..4}.{i}.{conv1,bn1,conv2,bn2}`, `layer{2..4}.0.downsample.{0,1}`, `fc`.
+- `"cifar"` (`resnet18_cifar`, `resnet34_cifar`): seed 004's module tree
+  (004_1e0f039da5020c04.txt): Flax `conv1`/`bn1` are `base.0`/`base.1`; in each block `conv1`,
+  `bn1`, `conv2`, `bn2` are `conv_block.0`, `.1`, `.3`, `.4` (`.2` is the weightless ReLU);
+  `downsample.{0,1}` and `fc` keep their names. The seed pools with `AvgPool2d(4)`, a global pool
+  only at its 32x32 input size; the Flax model pools globally, so logits agree at 32x32.
+
+Conversions, leaf by leaf (all exact: transposes and copies, no arithmetic):
+
+.. math::
+  W^{flax}_{h,w,i,o} = W^{torch}_{o,i,h,w}\ (\text{conv, OIHW}\to\text{HWIO}),\qquad
+  K^{flax}_{i,o} = W^{torch}_{o,i}\ (\text{Linear})
+
+- Conv `weight (O, I, kH, kW)` <-> `kernel (kH, kW, I, O)`; Linear `weight (out, in)` <->
+  `kernel (in, out)`; Linear `bias` copied. Images are NCHW in torch and NHWC in Flax
+  (`x.transpose(0, 2, 3, 1)`); flattening happens after a global pool, so no feature reordering.
+- BatchNorm: `weight` <-> `scale`, `bias` <-> `bias`, `running_mean` <-> `batch_stats` `mean`,
+  `running_var` <-> `batch_stats` `var`, copied 1:1. Both normalise with `eps = 1e-5` and the stored
+  variance in eval mode, so eval outputs agree. In train mode both normalise with the *biased* batch
+  variance, but torch updates `running_var` with the *unbiased* one (`n / (n - 1)`, `n = B*H*W`)
+  and Flax with the biased one: running variances drift apart by that factor times the momentum
+  (torch momentum 0.1 is Flax `momentum=0.9`); the running means agree. `num_batches_tracked`
+  (int64) has no Flax counterpart: it is dropped on import and written on export (`to_torch`'s
+  `num_batches_tracked`, e.g. the number of train steps taken).
+- Padding: the Flax models pad explicitly like torch, `((1, 1), (1, 1))` on 3x3 convolutions and
+  `((3, 3), (3, 3))` on the 7x7 stem; `'SAME'` would pad `(0, 1)` on stride-2 layers of even inputs
+  (same shapes, different values). The stem's `MaxPool2d(3, 2, padding=1)` pads with -inf, as
+  `nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))` does.
+- Dtypes: values are cast to the Flax model's parameter dtype (float32); exported tensors keep it.
+
+Examples:
+  >>> import jax.numpy as jnp
+  >>> params = nnx.State({"conv1": {"kernel": nnx.Param(jnp.ones((3, 3, 1, 2)))},
+  ...                     "bn1": {"scale": nnx.Param(jnp.ones(2)), "bias": nnx.Param(jnp.zeros(2))},
+  ...                     "fc": {"kernel": nnx.Param(jnp.ones((2, 5))),
+  ...                            "bias": nnx.Param(jnp.zeros(5))}})
+  >>> stats = nnx.State({"bn1": {"mean": nnx.BatchStat(jnp.zeros(2)),
+  ...                            "var": nnx.BatchStat(jnp.ones(2))}})
+  >>> sd = to_torch(params, stats, layout="cifar")
+  >>> [(k, v.shape) for k, v in sd.items()][:2], sd["fc.weight"].shape
+  ([('base.0.weight', (2, 1, 3, 3)), ('base.1.weight', (2,))], (5, 2))
+  >>> sd["base.1.running_var"] = np.full(2, 4.0, np.float32)
+  >>> p2, s2 = from_torch(sd, params, stats, layout="cifar")
+  >>> s2["bn1"]["var"][...].tolist(), stats["bn1"]["var"][...].tolist()  # a copy: input unchanged
+  ([4.0, 4.0], [1.0, 1.0])
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+__all__ = [
+    "HEAD",
+    "LAYOUTS",
+    "PortError",
+    "checkpoint_info",
+    "from_torch",
+    "load_state_dict",
+    "save_state_dict",
+    "to_torch",
+    "torch_key",
+]
+
+LAYOUTS: dict[str, str] = {"resnet18": "torchvision", "resnet34": "torchvision",
+                           "resnet18_cifar": "cifar", "resnet34_cifar": "cifar"}
+"""`train.models` name -> state_dict layout."""
+
+HEAD = "fc"
+"""Name of the classifier head in both layouts (`fc.weight`, `fc.bias`)."""
+
+_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
+         "var": "running_var"}
+_CIFAR_STEM = {"conv1": "base.0", "bn1": "base.1"}
+_CIFAR_BLOCK = {"conv1": "conv_block.0", "bn1": "conv_block.1", "conv2": "conv_block.3",
+                "bn2": "conv_block.4"}
+# torch's state_dict order (module registration order), as sort ranks per key component
+_RANK = {"conv1": 0, "base": 0, "conv_block": 0, "bn1": 1, "conv2": 2, "bn2": 3, "downsample": 4,
+         "layer1": 10, "layer2": 11, "layer3": 12, "layer4": 13, "fc": 20, "weight": 0, "bias": 1,
+         "running_mean": 2, "running_var": 3, "num_batches_tracked": 4}
+_MAX_LISTED = 12
+
+
+class PortError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model (the message lists why)."""
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in ("torchvision", "cifar"):
+        raise ValueError(f"layout must be 'torchvision' or 'cifar', got {layout=}")
+
+
+def torch_key(path: tuple[Any, ...], *, layout: str) -> str:
+    """The torch state_dict key of a Flax variable path.
+
+    Args:
+      path: the path of an `nnx.Param` / `nnx.BatchStat`, e.g. `("layer1", 0, "conv1", "kernel")`.
+      layout: `"torchvision"` or `"cifar"`.
+
+    Examples:
+      >>> torch_key(("layer1", 0, "bn2", "var"), layout="torchvision")
+      'layer1.0.bn2.running_var'
+      >>> torch_key(("layer1", 0, "bn2", "var"), layout="cifar")
+      'layer1.0.conv_block.4.running_var'
+      >>> torch_key(("conv1", "kernel"), layout="cifar")
+      'base.0.weight'
+    """
+    _check_layout(layout)
+    *mods, leaf = [str(p) for p in path]
+    if leaf not in _LEAF:
+        raise PortError(f"no torch counterpart for the Flax variable {'.'.join(map(str, path))}")
+    if layout == "cifar":
+        if len(mods) == 1 and mods[0] in _CIFAR_STEM:
+            mods = [_CIFAR_STEM[mods[0]]]
+        elif len(mods) == 3 and mods[2] in _CIFAR_BLOCK:
+            mods = [*mods[:2], _CIFAR_BLOCK[mods[2]]]
+    return ".".join([*mods, _LEAF[leaf]])
+
+
+def _order(key: str) -> tuple[int, ...]:
+    return tuple(int(p) if p.isdigit() else _RANK.get(p, 99) for p in key.split("."))
+
+
+def _to_torch_layout(value: np.ndarray, leaf: str) -> np.ndarray:
+    if leaf == "kernel" and value.ndim == 4:
+        return value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    if leaf == "kernel" and value.ndim == 2:
+        return value.T  # (in, out) -> (out, in)
+    return value
+
+
+def _to_flax_layout(value: np.ndarray, leaf: str) -> np.ndarray:
+    if leaf == "kernel" and value.ndim == 4:
+        return value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    if leaf == "kernel" and value.ndim == 2:
+        return value.T
+    return value
+
+
+def _torch_shape(shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
+    dummy = np.broadcast_to(np.zeros((), np.float32), shape)
+    return tuple(_to_torch_layout(dummy, leaf).shape)
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
+
+
+def _flat(state: nnx.State) -> list[tuple[tuple[Any, ...], Any]]:
+    return list(nnx.to_flat_state(state))
+
+
+def from_torch(state_dict: Mapping[str, Any], params: nnx.State, batch_stats: nnx.State, *,
+               layout: str, keep: Collection[str] = ()) -> tuple[nnx.State, nnx.State]:
+    """Loads a torch state_dict into copies of a Flax ResNet's `params` and `batch_stats`.
+
+    Args:
+      state_dict: torch key -> array (numpy arrays or anything `np.asarray` takes; torch tensors
+        via `load_state_dict`). `*.num_batches_tracked` entries are accepted and ignored.
+      params: the model's `nnx.Param` state (`nnx.split(model, nnx.Param, nnx.BatchStat)[1]`);
+        gives the structure, shapes and dtypes.
+      batch_stats: the model's `nnx.BatchStat` state.
+      layout: `"torchvision"` or `"cifar"` (see `LAYOUTS`).
+      keep: torch keys not to load: those variables keep their values from `params` /
+        `batch_stats` (e.g. `("fc.weight", "fc.bias")` to replace the classifier head).
+
+    Returns:
+      `(params, batch_stats)`: new states with the same structure, values from `state_dict`.
+
+    Raises:
+      PortError: listing every missing key, unexpected key and shape mismatch (shapes in torch's
+        layout).
+
+    Examples:
+      >>> from train import models
+      >>> m = nnx.eval_shape(lambda: models.create_model(
+      ...     "resnet18", num_classes=2, image_shape=(32, 32, 3), width=2, rngs=nnx.Rngs(0)))
+      >>> _, p, s = nnx.split(m, nnx.Param, nnx.BatchStat)
+      >>> p, s = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), (p, s))
+      >>> sd = to_torch(p, s, layout="torchvision")
+      >>> sd["fc.weight"] = np.zeros((5, 16), np.float32); del sd["layer4.1.bn2.bias"]
+      >>> from_torch(sd, p, s, layout="torchvision")
+      Traceback (most recent call last):
+      ...
+      train.port.PortError: the state_dict does not fit the model (torchvision layout): missing keys: layer4.1.bn2.bias; shape mismatches: fc.weight (file (5, 16), model (2, 16))
+    """
+    _check_layout(layout)
+    keep = set(keep)
+    used: set[str] = set()
+    missing, mismatched = [], []
+    loaded: list[dict[tuple[Any, ...], np.ndarray]] = []
+    for state in (params, batch_stats):
+        values = {}
+        for path, var in _flat(state):
+            leaf = str(path[-1])
+            key = torch_key(path, layout=layout)
+            target = var.get_value()
+            if key in keep:
+                used.add(key)
+                continue
+            if key not in state_dict:
+                missing.append(key)
+                continue
+            used.add(key)
+            value = _to_flax_layout(np.asarray(state_dict[key]), leaf)
+            if value.shape != tuple(target.shape):
+                mismatched.append(f"{key} (file {tuple(np.asarray(state_dict[key]).shape)}, "
+                                  f"model {_torch_shape(tuple(target.shape), leaf)})")
+                continue
+            values[path] = np.ascontiguousarray(value, dtype=target.dtype)
+        loaded.append(values)
+    unexpected = [k for k in state_dict
+                  if k not in used and not k.endswith("num_batches_tracked")]
+    if missing or unexpected or mismatched:
+        missing.sort(key=_order)
+        parts = [f"{name}: {_listed(items)}" for name, items in
+                 (("missing keys", missing), ("unexpected keys", unexpected),
+                  ("shape mismatches", mismatched)) if items]
+        raise PortError(f"the state_dict does not fit the model ({layout} layout): "
+                        + "; ".join(parts))
+    out = []
+    for state, values in zip((params, batch_stats), loaded):
+        new = jax.tree.map(lambda x: x, state)  # a copy of the structure
+        for path, var in _flat(new):
+            if path in values:
+                var.set_value(jax.numpy.asarray(values[path]))
+        out.append(new)
+    return out[0], out[1]
+
+
+def to_torch(params: nnx.State, batch_stats: nnx.State, *, layout: str,
+             num_batches_tracked: int | Mapping[str, int] = 0) -> dict[str, np.ndarray]:
+    """Exports a Flax ResNet's `params` and `batch_stats` as a torch-named state_dict (numpy).
+
+    Args:
+      params: the model's `nnx.Param` state.
+      batch_stats: its `nnx.BatchStat` state.
+      layout: `"torchvision"` or `"cifar"`.
+      num_batches_tracked: the value of every BatchNorm's `num_batches_tracked` (torch counts the
+        train-mode forward passes: the number of train steps), or a mapping from those keys to
+        values (e.g. taken from the imported state_dict, for an exact round trip).
+
+    Returns:
+      An ordered dict, torch's key order: float arrays in torch's layout (OIHW, `(out, in)`) and
+      int64 0-d arrays for `num_batches_tracked`. `save_state_dict` writes it as torch tensors.
+
+    Examples:
+      >>> from train import models
+      >>> m = nnx.eval_shape(lambda: models.create_model(
+      ...     "resnet34", num_classes=4, image_shape=(32, 32, 3), width=2, rngs=nnx.Rngs(0)))
+      >>> _, p, s = nnx.split(m, nnx.Param, nnx.BatchStat)
+      >>> p, s = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), (p, s))
+      >>> sd = to_torch(p, s, layout="torchvision", num_batches_tracked=7)
+      >>> list(sd)[:6]
+      ['conv1.weight', 'bn1.weight', 'bn1.bias', 'bn1.running_mean', 'bn1.running_var', 'bn1.num_batches_tracked']
+      >>> sd["conv1.weight"].shape, sd["bn1.num_batches_tracked"], len(sd)
+      ((2, 3, 7, 7), array(7), 218)
+    """
+    _check_layout(layout)
+    out: dict[str, np.ndarray] = {}
+    for state in (params, batch_stats):
+        for path, var in _flat(state):
+            leaf = str(path[-1])
+            out[torch_key(path, layout=layout)] = np.ascontiguousarray(
+                _to_torch_layout(np.asarray(var.get_value()), leaf))
+            if leaf == "mean":
+                key = torch_key(path, layout=layout).removesuffix("running_mean")
+                key += "num_batches_tracked"
+                n = (num_batches_tracked[key] if isinstance(num_batches_tracked, Mapping)
+                     else num_batches_tracked)
+                out[key] = np.asarray(int(n), np.int64)
+    return {k: out[k] for k in sorted(out, key=_order)}
+
+
+def checkpoint_info(state_dict: Mapping[str, Any], *, layout: str) -> dict[str, int]:
+    """Width, input channels and class count of a ResNet state_dict.
+
+    Examples:
+      >>> sd = {"base.0.weight": np.zeros((16, 3, 3, 3)), "fc.weight": np.zeros((10, 128))}
+      >>> checkpoint_info(sd, layout="cifar")
+      {'width': 16, 'in_channels': 3, 'num_classes': 10}
+    """
+    _check_layout(layout)
+    stem = "conv1.weight" if layout == "torchvision" else "base.0.weight"
+    absent = [k for k in (stem, f"{HEAD}.weight") if k not in state_dict]
+    if absent:
+        raise PortError(f"not a {layout}-layout ResNet state_dict: missing keys: {_listed(absent)}"
+                        f" (it has {_listed(sorted(state_dict))})")
+    out_c, in_c = np.shape(state_dict[stem])[:2]
+    return {"width": int(out_c), "in_channels": int(in_c),
+            "num_classes": int(np.shape(state_dict[f"{HEAD}.weight"])[0])}
+
+
+def _import_torch(why: str):
+    try:
+        import torch  # lazy: torch is needed only to read/write .pth files
+    except ImportError:
+        raise PortError(f"{why} needs PyTorch (pip install torch); it is not installed") from None
+    return torch
+
+
+def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]  # a training checkpoint {"model_state_dict": ..., "epoch": ...}
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise PortError(f"{path} does not hold a state_dict (a non-empty dict of tensors), got "
+                        f"{type(obj).__name__}")
+    if all(isinstance(k, str) and k.startswith("module.") for k in obj):
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}  # saved from DataParallel
+    return obj
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Reads a torch state_dict file as numpy arrays, without unpickling arbitrary objects.
+
+    `*.safetensors` files are read with `safetensors.numpy` (if installed); anything else with
+    `torch.load(path, map_location="cpu", weights_only=True)`. A `{"state_dict": ...}` /
+    `{"model_state_dict": ...}` / `{"model": ...}` wrapper and DataParallel's `module.` prefix are
+    removed. bfloat16/float16 tensors become float32.
+
+    Raises:
+      PortError: unreadable file, not a dict of tensors, or torch (safetensors) not installed.
+
+    Examples:
+      >>> load_state_dict("/nonexistent.pth")
+      Traceback (most recent call last):
+      ...
+      train.port.PortError: cannot read /nonexistent.pth: no such file
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise PortError(f"cannot read {path}: no such file")
+    if path.endswith(".safetensors"):
+        try:
+            from safetensors.numpy import load_file
+        except ImportError:
+            raise PortError(f"reading {path} needs the safetensors package (pip install "
+                            "safetensors); it is not installed") from None
+        try:
+            return dict(load_file(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise PortError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+    torch = _import_torch(f"reading {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError (weights_only refusal), RuntimeError, EOFError, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PortError(f"cannot read {path} as a torch state_dict (weights_only=True): "
+                        f"{first}") from None
+    state_dict = _unwrap(obj, path)
+    out = {}
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise PortError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        value = value.detach().cpu()
+        if value.dtype in (torch.bfloat16, torch.float16):
+            value = value.float()
+        out[str(key)] = value.numpy()
+    return out
+
+
+def save_state_dict(state_dict: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Writes a state_dict (numpy arrays, e.g. from `to_torch`) as torch tensors with `torch.save`.
+
+    The file loads with `torch.load(path, weights_only=True)` and `model.load_state_dict(...)`.
+    """
+    torch = _import_torch(f"writing {os.fspath(path)}")
+    tensors = {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}
+    torch.save(tensors, os.fspath(path))

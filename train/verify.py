@@ -1,0 +1,148 @@
+"""`python -m train.verify CHECKPOINT.pth --model resnet18`: torch and Flax logits from one file.
+
+Builds the PyTorch ResNet (torchvision's parameter names, `train/torch_resnet.py`) and the Flax
+`train.models` ResNet from the same state_dict (`train.port`), runs both in eval mode on the same
+batch and prints `max |logit diff| = X` as its last line: the user's own proof that the port is
+exact. The class count, width and input channels come from the checkpoint (`fc.weight` rows,
+`conv1.weight`). Needs torch (imported only when the command runs).
+
+Examples (shell):
+  python -m train.verify resnet18.pth --model resnet18                  # 2 random 224x224 images
+  python -m train.verify ckpt.pth --model resnet34 --images batch.npy --save-logits flax.npy
+  python -m train.verify seed004.pth --model resnet18_cifar             # 32x32, seed-004 names
+
+`--images` takes a float32 `.npy` of shape `(N, C, H, W)` (NCHW, as torch takes them; the Flax side
+gets it transposed to NHWC). Exit status: 0, or 1 with one `error: ...` line (unreadable file,
+mismatched keys or shapes, bad images, or a difference above `--atol` when given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["build_parser", "main", "verify"]
+
+_MODELS = ("resnet18", "resnet34", "resnet18_cifar", "resnet34_cifar")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see python -m train.verify --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's argument parser.
+
+    Examples:
+      >>> args = build_parser().parse_args(["w.pth", "--model", "resnet34"])
+      >>> args.model, args.num_classes, args.image_size
+      ('resnet34', None, None)
+    """
+    p = _Parser(prog="python -m train.verify", description=__doc__.splitlines()[0],
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help="torch state_dict file (.pth/.pt; .safetensors if installed)")
+    p.add_argument("--model", choices=_MODELS, required=True,
+                   help="architecture; resnet18/34: torchvision names, *_cifar: seed-004 names")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="expected class count (default: the rows of the checkpoint's fc.weight)")
+    p.add_argument("--images", default=None,
+                   help="float32 .npy batch (N, C, H, W) to verify on instead of random images")
+    p.add_argument("--batch-size", type=int, default=2, help="random images: how many")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="random images: side (default 224, *_cifar 32)")
+    p.add_argument("--seed", type=int, default=0, help="random images: seed")
+    p.add_argument("--save-logits", default=None, help="write the Flax logits to this .npy file")
+    p.add_argument("--atol", type=float, default=None,
+                   help="exit with status 1 if the max difference exceeds this")
+    return p
+
+
+def _images(args: argparse.Namespace, in_channels: int) -> np.ndarray:
+    if args.images is not None:
+        try:
+            x = np.load(args.images, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read --images {args.images}: {e}") from None
+        if x.ndim != 4 or x.shape[1] != in_channels or x.dtype != np.float32:
+            raise ValueError(f"--images must be float32 (N, {in_channels}, H, W) NCHW, got "
+                             f"{x.dtype} {x.shape}")
+        return x
+    size = args.image_size or (32 if args.model.endswith("_cifar") else 224)
+    if args.batch_size < 1 or size < 1:
+        raise ValueError(f"--batch-size and --image-size must be >= 1, got {args.batch_size=}, "
+                         f"{size=}")
+    rng = np.random.default_rng(args.seed)
+    return rng.normal(size=(args.batch_size, in_channels, size, size)).astype(np.float32)
+
+
+def verify(args: argparse.Namespace, log=print) -> float:
+    """Runs the comparison; returns the max absolute logit difference.
+
+    Raises:
+      ValueError (train.port.PortError for the checkpoint): one-line reasons.
+    """
+    import jax
+    import torch
+    from flax import nnx
+
+    from train import models, port, torch_resnet
+
+    state_dict = port.load_state_dict(args.checkpoint)
+    layout = port.LAYOUTS[args.model]
+    info = port.checkpoint_info(state_dict, layout=layout)
+    if args.num_classes is not None and args.num_classes != info["num_classes"]:
+        raise ValueError(f"--num-classes {args.num_classes} but the checkpoint's head has "
+                         f"{info['num_classes']} rows (fc.weight {state_dict['fc.weight'].shape})")
+    x = _images(args, info["in_channels"])
+    abstract = nnx.eval_shape(lambda: models.create_model(
+        args.model, num_classes=info["num_classes"], width=info["width"],
+        image_shape=(x.shape[2], x.shape[3], info["in_channels"]), rngs=nnx.Rngs(0)))
+    graphdef, params, stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+    params, stats = port.from_torch(state_dict, params, stats, layout=layout)
+
+    torch_model = torch_resnet.build(args.model, num_classes=info["num_classes"],
+                                     width=info["width"], in_channels=info["in_channels"])
+    torch_model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()},
+                                strict=True)
+    with torch.no_grad():
+        expected = torch_model.eval()(torch.from_numpy(x)).numpy()
+
+    @jax.jit
+    def forward(params, stats, images):
+        return nnx.merge(graphdef, params, stats)(images, train=False)
+
+    logits = np.asarray(forward(params, stats, x.transpose(0, 2, 3, 1)))
+    if logits.shape != expected.shape:  # e.g. seed 004's AvgPool2d(4) at sizes other than 32
+        raise ValueError(f"torch logits {expected.shape} and Flax logits {logits.shape} differ in "
+                         f"shape for images {x.shape}")
+    if args.save_logits is not None:
+        np.save(args.save_logits, logits)
+    diff = float(np.abs(logits - expected).max())
+    log(f"{args.model} ({layout} layout), {info['num_classes']} classes, width {info['width']}, "
+        f"images {tuple(x.shape)} NCHW{'' if args.images else ' (random)'}")
+    log(f"max |logit| = {float(np.abs(expected).max()):.4g}")
+    return diff
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        diff = verify(args)
+    except (ValueError, OSError, RuntimeError) as e:  # PortError is a ValueError
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
+    print(f"max |logit diff| = {diff:.3g}")
+    if args.atol is not None and diff > args.atol:
+        print(f"error: the difference exceeds --atol {args.atol}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
