@@ -80,10 +80,16 @@ def _f1_loss(logits, labels, epsilon, *, clamp):
   num_classes = logits.shape[-1]
   probs = jax.nn.softmax(logits.astype(dtype), axis=-1).reshape(-1, num_classes)
   labels = labels.reshape(-1)
-  one_hot = (jnp.arange(num_classes) == labels[:, None]).astype(dtype)
-  tp = jnp.sum(one_hot * probs, axis=0)
-  fp = jnp.sum((1 - one_hot) * probs, axis=0)
-  fn = jnp.sum(one_hot * (1 - probs), axis=0)
+  # No one-hot of shape (N, C): tp_c sums each example's target probability into its class (a
+  # gather of N elements and a segment sum), fp and fn follow from the column sums and the class
+  # counts. fp = colsum - tp may cancel when almost all of class c's mass is true positives; its
+  # absolute error (~ eps * tp) is then far below the epsilon in the denominators.
+  safe = jnp.clip(labels, 0, num_classes - 1)
+  p_target = jnp.take_along_axis(probs, safe[:, None], axis=-1)[:, 0]
+  tp = jax.ops.segment_sum(p_target, safe, num_segments=num_classes)
+  count = jax.ops.segment_sum(jnp.ones_like(p_target), safe, num_segments=num_classes)
+  fp = jnp.sum(probs, axis=0) - tp
+  fn = count - tp
   precision = tp / (tp + fp + epsilon)
   recall = tp / (tp + fn + epsilon)
   f1 = 2 * (precision * recall) / (precision + recall + epsilon)

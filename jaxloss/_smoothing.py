@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxloss import _reduction, _validate
-from jaxloss._target_stats import log_probs, target_stats
+from jaxloss._target_stats import log_probs, target_stats, target_stats_dot
 
 SPREADS = ("others", "uniform")
 
@@ -139,14 +139,19 @@ def _cross_entropy(logits, labels, weight, smoothing, *, smooth, ignore_index, r
   x = logits.astype(dtype)
   num_classes = x.shape[-1]
   safe, counted, out_of_range = _reduction.mask_labels(labels, num_classes, ignore_index)
-  log_pt, _, lse = log_probs(*target_stats(x, safe))
   example_weight = None if weight is None else weight.astype(dtype)[safe]
+  if smooth:
+    # sum_j w_j (-log p_j) = lse * sum(w) - z @ w: the row reduction z @ w and its gradient are fused
+    # into target_stats' passes instead of materialising -log p of shape (..., C).
+    class_weight = jnp.ones((num_classes,), dtype) if weight is None else weight.astype(dtype)
+    z_t, lse_o, z_dot_w = target_stats_dot(x, safe, class_weight)
+  else:
+    z_t, lse_o = target_stats(x, safe)
+  log_pt, _, lse = log_probs(z_t, lse_o)
   nll = -log_pt if example_weight is None else -log_pt * example_weight
   per_example = nll
   if smooth:
     smoothing = jnp.asarray(smoothing, dtype)
-    neg_log_p = lse[..., None] - x
-    if weight is not None:
-      neg_log_p = neg_log_p * weight.astype(dtype)
-    per_example = (1 - smoothing) * nll + (smoothing / num_classes) * jnp.sum(neg_log_p, axis=-1)
+    smooth_term = lse * jnp.sum(class_weight) - z_dot_w
+    per_example = (1 - smoothing) * nll + (smoothing / num_classes) * smooth_term
   return _reduction.finish(per_example, counted, out_of_range, example_weight, reduction)

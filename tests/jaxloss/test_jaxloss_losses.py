@@ -96,6 +96,30 @@ def test_focal_gradient_finite_at_saturation_for_small_gamma(gamma):
   assert np.all(np.isfinite(grad))
 
 
+@pytest.mark.parametrize("gamma", [0.05, 0.5, 2.0])
+def test_sigmoid_focal_target_gradient_exact_at_saturation(gamma):
+  """d loss / d targets at saturated logits (hard and soft targets) equals a 50-digit evaluation."""
+  import mpmath
+  mpmath.mp.dps = 50
+  z = np.array([100.0, -100.0, 95.0, -60.0, 50.0, 3.0])
+  t = np.array([1.0, 0.0, 0.7, 1.0, 0.0, 0.2])
+
+  def exact(zi, ti):
+    zi, ti = mpmath.mpf(zi), mpmath.mpf(ti)
+    def f(tt):
+      p = 1 / (1 + mpmath.exp(-zi))
+      bce = tt * mpmath.log1p(mpmath.exp(-zi)) + (1 - tt) * mpmath.log1p(mpmath.exp(zi))
+      q = tt * (1 - p) + (1 - tt) * p
+      return (0.25 * tt + 0.75 * (1 - tt)) * bce * q ** gamma
+    return float(mpmath.diff(f, ti))
+
+  grad = jax.grad(lambda tt: jaxloss.sigmoid_focal_loss(z, tt, gamma=gamma, reduction="sum"))(
+      jnp.asarray(t, jnp.float32))
+  expected = np.array([exact(a, b) for a, b in zip(z, t)])
+  assert np.all(np.isfinite(grad))
+  np.testing.assert_allclose(np.asarray(grad), expected, rtol=2e-5, atol=1e-30)
+
+
 def test_sigmoid_focal_finite_at_plus_minus_100_bf16():
   logits = jnp.asarray([100.0, -100.0, 100.0, -100.0], jnp.bfloat16)
   targets = jnp.asarray([1.0, 0.0, 0.0, 1.0])
