@@ -18,6 +18,7 @@ def f1_loss(
     num_classes: int | None = None,
     epsilon: float = 1e-7,
     clamp: bool = True,
+    where: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
   r"""``1 - mean_c F1_c`` with soft counts from softmax probabilities, summed over all leading axes.
 
@@ -43,6 +44,8 @@ def f1_loss(
     num_classes: ``None`` or ``C`` (the seed's ``classes`` argument; must match ``logits.shape[-1]``).
     epsilon: the seed's :math:`\epsilon` in (0, 0.5), a Python float or a traced scalar.
     clamp: whether to clip :math:`F1_c` as the seed does.
+    where: optional boolean array of shape ``(...)``; examples where it is False (e.g. the padding
+      of a last batch) contribute nothing to the counts and their labels are not checked.
 
   Returns:
     A float scalar. Out-of-range labels raise ``ValueError`` when concrete; under ``jax.jit`` the
@@ -69,17 +72,26 @@ def f1_loss(
     raise ValueError(f"epsilon must lie in (0, 0.5), got {epsilon=}")
   if not isinstance(clamp, bool):
     raise TypeError(f"clamp must be a bool, got {clamp=!r}")
-  _validate.check_labels_in_range(labels, classes)
-  return _f1_loss(logits, labels, epsilon, clamp=clamp)
+  if where is None:
+    where = jnp.ones(labels.shape, bool)
+  where = jnp.asarray(where)
+  if where.shape != labels.shape or where.dtype != jnp.bool_:
+    raise ValueError(f"where must be a boolean array of shape labels.shape={labels.shape}, got "
+                     f"where.shape={where.shape}, where.dtype={where.dtype}")
+  if _validate.is_concrete(labels) and _validate.is_concrete(where):
+    _validate.check_labels_in_range(jnp.where(where, labels, 0), classes)
+  return _f1_loss(logits, labels, where, epsilon, clamp=clamp)
 
 
 @functools.partial(jax.jit, static_argnames=("clamp",))
-def _f1_loss(logits, labels, epsilon, *, clamp):
+def _f1_loss(logits, labels, where, epsilon, *, clamp):
   dtype = _validate.compute_dtype(logits.dtype)
   epsilon = jnp.asarray(epsilon, dtype)
   num_classes = logits.shape[-1]
   probs = jax.nn.softmax(logits.astype(dtype), axis=-1).reshape(-1, num_classes)
   labels = labels.reshape(-1)
+  keep = where.reshape(-1)
+  probs = jnp.where(keep[:, None], probs, 0)
   # No one-hot of shape (N, C): tp_c sums each example's target probability into its class (a
   # gather of N elements and a segment sum), fp and fn follow from the column sums and the class
   # counts. fp = colsum - tp may cancel when almost all of class c's mass is true positives; its
@@ -87,7 +99,7 @@ def _f1_loss(logits, labels, epsilon, *, clamp):
   safe = jnp.clip(labels, 0, num_classes - 1)
   p_target = jnp.take_along_axis(probs, safe[:, None], axis=-1)[:, 0]
   tp = jax.ops.segment_sum(p_target, safe, num_segments=num_classes)
-  count = jax.ops.segment_sum(jnp.ones_like(p_target), safe, num_segments=num_classes)
+  count = jax.ops.segment_sum(keep.astype(dtype), safe, num_segments=num_classes)
   fp = jnp.sum(probs, axis=0) - tp
   fn = count - tp
   precision = tp / (tp + fp + epsilon)
@@ -96,5 +108,5 @@ def _f1_loss(logits, labels, epsilon, *, clamp):
   if clamp:
     f1 = jnp.clip(f1, epsilon, 1 - epsilon)
   loss = 1 - jnp.mean(f1)
-  out_of_range = jnp.any((labels < 0) | (labels >= num_classes))
+  out_of_range = jnp.any(keep & ((labels < 0) | (labels >= num_classes)))
   return jnp.where(out_of_range, jnp.nan, loss)

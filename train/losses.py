@@ -52,22 +52,8 @@ def _sigmoid_focal(logits, labels, mask, *, gamma, alpha):
 
 
 def _f1(logits, labels, mask, *, epsilon):
-    if mask is None:
-        return jaxloss.f1_loss(logits, labels, epsilon=epsilon)
-    # jaxloss.f1_loss has no mask: its soft counts are sums over examples, so padded examples are
-    # removed by zeroing their contribution (same formula as jaxloss._f1; tested equal to
-    # jaxloss.f1_loss on the unmasked subset).
-    c = logits.shape[-1]
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    one_hot = jax.nn.one_hot(labels, c, dtype=jnp.float32)
-    m = jnp.asarray(mask, jnp.float32)[:, None]
-    tp = jnp.sum(m * one_hot * probs, axis=0)
-    fp = jnp.sum(m * (1 - one_hot) * probs, axis=0)
-    fn = jnp.sum(m * one_hot * (1 - probs), axis=0)
-    precision = tp / (tp + fp + epsilon)
-    recall = tp / (tp + fn + epsilon)
-    f1 = jnp.clip(2 * precision * recall / (precision + recall + epsilon), epsilon, 1 - epsilon)
-    return 1 - jnp.mean(f1)
+    return jaxloss.f1_loss(logits, labels, epsilon=epsilon,
+                           where=None if mask is None else jnp.asarray(mask, bool))
 
 
 LOSSES: dict[str, Callable[..., jax.Array]] = {

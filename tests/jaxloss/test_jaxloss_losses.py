@@ -211,6 +211,16 @@ def test_reduction_none_keeps_batch_shape_and_vmap_equals_batch(loss):
   np.testing.assert_allclose(loss(logits, labels), per_example.mean(), rtol=1e-6)
 
 
+def test_f1_where_drops_examples_like_removing_them():
+  where = jnp.array([True, False, True, True, False, True])
+  bad_labels = jnp.where(where, LABELS, 99)  # masked-out labels are neither counted nor checked
+  np.testing.assert_allclose(jaxloss.f1_loss(LOGITS, bad_labels, where=where),
+                             jaxloss.f1_loss(LOGITS[where], LABELS[where]), rtol=1e-6)
+  assert np.isnan(float(jax.jit(jaxloss.f1_loss)(LOGITS, bad_labels)))
+  with pytest.raises(ValueError, match="where"):
+    jaxloss.f1_loss(LOGITS, LABELS, where=jnp.ones(6))
+
+
 def test_leading_axes_are_flattened_for_f1():
   logits = jnp.asarray(RNG.normal(size=(2, 3, 4)), jnp.float32)
   labels = jnp.asarray(RNG.integers(0, 4, (2, 3)))
