@@ -5,8 +5,10 @@ Usage (from the repository root)::
     python benchmarks/bench_focal_vs_seed.py [--batch 8192] [--classes 1000] [--rounds 50]
 
 One process, the same float32 logits (standard normal * 2) and labels, gamma=2, alpha=1, mean. The
-two are timed alternately, round by round, so machine load hits both alike; min and median are
-reported. ``torch.set_num_threads`` equals the number of cores this process may use (the size of
+two are timed alternately, round by round, so machine load hits both alike: each round runs
+``--block`` calls of one back to back and drops the first (the switch from the other framework);
+min and median are reported. glibc's malloc thresholds are raised first (``train/runtime.py``)
+unless ``--malloc default``. ``torch.set_num_threads`` equals the number of cores this process may use (the size of
 XLA:CPU's intra-op pool). It cross-checks ``benchmarks/bench_losses.py``'s focal row at 8192x1000.
 """
 
@@ -34,14 +36,19 @@ import torch  # noqa: E402
 
 import jaxloss  # noqa: E402
 from torch_reference import FocalLossSeed000  # noqa: E402
+from train import runtime  # noqa: E402
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--batch", type=int, default=8192)
   parser.add_argument("--classes", type=int, default=1000)
-  parser.add_argument("--rounds", type=int, default=50)
+  parser.add_argument("--rounds", type=int, default=30)
+  parser.add_argument("--block", type=int, default=4, help="calls per round (the first not counted)")
+  parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned")
   args = parser.parse_args(argv)
+  if args.malloc == "tuned":
+    runtime.tune_malloc()
   threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   torch.set_num_threads(threads)
 
@@ -73,11 +80,13 @@ def main(argv=None):
   times = {"jaxloss.focal_loss": [], "FocalLossSeed000": []}
   for _ in range(args.rounds):
     for name, run in (("jaxloss.focal_loss", run_ours), ("FocalLossSeed000", run_seed)):
-      t0 = time.perf_counter()
-      run()
-      times[name].append((time.perf_counter() - t0) * 1e3)
+      for i in range(args.block):
+        t0 = time.perf_counter()
+        run()
+        if i or args.block == 1:
+          times[name].append((time.perf_counter() - t0) * 1e3)
   print(f"focal loss value+grad, {args.batch}x{args.classes} float32, gamma=2, {args.rounds} rounds, "
-        f"torch threads {threads}, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY')}, XLA_FLAGS {os.environ.get('XLA_FLAGS', '(unset)')}")
+        f"block {args.block}, malloc {args.malloc}, torch threads {threads}, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY')}, XLA_FLAGS {os.environ.get('XLA_FLAGS', '(unset)')}")
   for name, ms in times.items():
     print(f"  {name:<20} min {min(ms):8.2f} ms   median {np.median(ms):8.2f} ms")
   ours_min, seed_min = min(times["jaxloss.focal_loss"]), min(times["FocalLossSeed000"])

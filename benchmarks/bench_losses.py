@@ -19,7 +19,13 @@ logits, in one process, on the same float32 data:
   jitted): what any softmax value+grad must at least spend, measured in the same run.
 
 Timing: the methods of one (loss, size) are interleaved round by round (so load from other processes
-hits them alike); min and median over the rounds; JAX results are ``block_until_ready``-ed.
+hits them alike); in each round a method runs ``BLOCK`` calls back to back, as a training loop calls
+its loss, and the first call of each block is dropped (it pays for the switch from the previous
+method: cold caches, sleeping threads); min and median over the kept calls; JAX results are
+``block_until_ready``-ed. glibc's malloc thresholds are raised first (``train/runtime.py``) unless
+``--malloc default``: with the C library's defaults every call of either framework that allocates
+more than 32 MiB gets freshly mapped pages, and the page faults then cost more than the arithmetic
+(the floor at 8192x1000 goes from about 2 ms to 9 ms); both settings are recorded.
 ``torch.set_num_threads`` is set to the number of cores this process may use, which is the size of
 XLA:CPU's default intra-op pool, and ``OMP_WAIT_POLICY=PASSIVE`` (unless set) so that torch's
 idle OpenMP workers do not spin on the cores the next JAX call needs; ``XLA_FLAGS`` is left as the environment has it (recorded) and is
@@ -57,6 +63,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import jaxloss  # noqa: E402
 import torch_reference as ref  # noqa: E402
+from train import runtime  # noqa: E402
 
 SIZES = {  # name -> logits shape (classes last)
     "256x10": (256, 10),
@@ -72,6 +79,7 @@ GAMMA, SMOOTHING, SIGMOID_ALPHA = 2.0, 0.1, 0.25
 METHODS = ("ours", "floor", "torch", "compile", "naive", "optax")
 GOAL_LOSSES = ("focal", "cross_entropy", "cross_entropy_ls", "label_smoothing_others")
 GOAL_SIZE = "8192x1000"
+BLOCK = 4  # calls per method per round; the first of each block is not counted
 
 
 def cores() -> int:
@@ -215,15 +223,18 @@ def _torch_runner(loss, x, y, t):
   return run
 
 
-def _time_interleaved(runners, min_rounds, max_rounds, budget_s):
-  """Round-robin timing: every round calls every runner once. Returns {name: [seconds]}."""
+def _time_interleaved(runners, min_rounds, max_rounds, budget_s, block=BLOCK):
+  """Round-robin timing: every round calls every runner ``block`` times back to back and keeps
+  all but the first of those calls. Returns {name: [seconds]}."""
   times = {name: [] for name in runners}
   start = time.perf_counter()
   for round_ in range(max_rounds):
     for name, run in runners.items():
-      t0 = time.perf_counter()
-      run()
-      times[name].append(time.perf_counter() - t0)
+      for i in range(block):
+        t0 = time.perf_counter()
+        run()
+        if i or block == 1:
+          times[name].append(time.perf_counter() - t0)
     if round_ + 1 >= min_rounds and time.perf_counter() - start > budget_s:
       break
   return times
@@ -340,7 +351,8 @@ def format_markdown(result):
   keys = list(result["results"][0]["ratios"])
   lines = [f"{m['cpu']}, {m['cores_available']} cores, torch threads {m['torch_num_threads']}, "
            f"OMP_WAIT_POLICY {m.get('OMP_WAIT_POLICY')}, XLA_FLAGS {m['XLA_FLAGS']}; jax {m['jax']}, "
-           f"torch {m['torch']}, optax {m['optax']}; {result['date_utc']}. "
+           f"torch {m['torch']}, optax {m['optax']}; malloc {result['settings']['malloc']}; "
+           f"{result['date_utc']}. "
            "Value+grad, float32, min (median) ms.",
            "",
            "| loss | size | " + " | ".join(METHODS) + " | " + " | ".join(keys) + " |",
@@ -376,9 +388,12 @@ def machine_info(torch_threads):
   }
 
 
-def run(sizes=None, losses=LOSSES, *, quick=False, use_compile=True, min_rounds=None,
+def run(sizes=None, losses=LOSSES, *, quick=False, use_compile=True, malloc="tuned", min_rounds=None,
         max_rounds=None, budget_s=None, log=print):
   """Runs the suite; returns the JSON-ready result (machine, settings, results, goals)."""
+  if malloc not in ("tuned", "default"):
+    raise ValueError(f"malloc must be 'tuned' or 'default', got {malloc=!r}")
+  malloc_applied = runtime.tune_malloc() if malloc == "tuned" else False
   sizes = dict(sizes or (QUICK_SIZES if quick else SIZES))
   min_rounds = min_rounds or (3 if quick else 10)
   max_rounds = max_rounds or (20 if quick else 200)
@@ -392,6 +407,8 @@ def run(sizes=None, losses=LOSSES, *, quick=False, use_compile=True, min_rounds=
                       "max_rounds": max_rounds, "timing_budget_s_per_case": budget_s,
                       "dtype": "float32", "logits": "standard normal * 2", "gamma": GAMMA,
                       "label_smoothing": SMOOTHING, "sigmoid_alpha": SIGMOID_ALPHA,
+                      "calls_per_block": BLOCK, "malloc": malloc,
+                      "malloc_tuning_applied": malloc_applied,
                       "floor": "jit(exp(x - r[:, None])): one read, one exp, one write"},
          "results": []}
   for size_name, shape in sizes.items():
@@ -417,6 +434,9 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="two small sizes, no torch.compile (<1 min)")
   parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+  parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                      help="raise glibc's malloc thresholds first (train/runtime.py), or keep the "
+                           "C library's defaults")
   parser.add_argument("--out", default=None, help="JSON path (default: print only)")
   parser.add_argument("--losses", default=",".join(LOSSES), help="comma-separated subset")
   parser.add_argument("--sizes", default=None, help="comma-separated subset of " + ",".join(SIZES))
@@ -425,13 +445,14 @@ def main(argv=None):
   if args.sizes:
     sizes = {s: SIZES[s] for s in args.sizes.split(",")}
   result = run(sizes, tuple(args.losses.split(",")), quick=args.quick,
-               use_compile=not args.no_compile)
+               use_compile=not args.no_compile, malloc=args.malloc)
   print()
   print(format_table(result["results"]))
   print()
   m = result["machine"]
   print(f"{m['cpu']}, {m['cores_available']} cores; torch threads {m['torch_num_threads']}; "
-        f"XLA_FLAGS {m['XLA_FLAGS']}; jax {m['jax']}, torch {m['torch']}; {result['date_utc']}; "
+        f"XLA_FLAGS {m['XLA_FLAGS']}; jax {m['jax']}, torch {m['torch']}; malloc "
+        f"{result['settings']['malloc']}; {result['date_utc']}; "
         f"total {result['total_s']} s")
   for goal in result["goals"]:
     if goal["goal"] != "naive/ours >= 1" or goal["met"] is False:

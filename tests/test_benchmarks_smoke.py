@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/bench_losses.py: runs its logic in-process on tiny sizes.
+"""Smoke tests of benchmarks/bench_losses.py and bench_train.py: their logic, in-process, tiny sizes.
 
 Checks that every method runs (or says why not) and that the JSON has the documented keys. It never
 asserts anything about speed.
@@ -18,8 +18,8 @@ pytest.importorskip("optax")
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_losses.py"
 
 
-def _load():
-  spec = importlib.util.spec_from_file_location("bench_losses", BENCH)
+def _load(path=BENCH):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -54,3 +54,37 @@ def test_quick_logic_on_tiny_sizes_writes_the_documented_json(tmp_path):
   assert all({"loss", "size", "goal", "value", "met"} <= set(g) for g in loaded["goals"])
   assert bench.format_table(loaded["results"]).count("\n") == len(loaded["results"]) + 1
   assert bench.format_markdown(loaded).count("\n| ") == len(loaded["results"]) + 1
+
+
+def test_malloc_setting_is_recorded_and_checked():
+  bench = _load()
+  tiny = dict(quick=True, use_compile=False, min_rounds=1, max_rounds=1, budget_s=0.0,
+              log=lambda *_: None)
+  result = bench.run({"4x3": (4, 3)}, ("cross_entropy",), malloc="default", **tiny)
+  assert result["settings"]["malloc"] == "default"
+  assert result["settings"]["malloc_tuning_applied"] is False
+  assert result["settings"]["calls_per_block"] == bench.BLOCK
+  with pytest.raises(ValueError, match="malloc"):
+    bench.run({"4x3": (4, 3)}, ("cross_entropy",), malloc="fast", **tiny)
+
+
+def test_train_benchmark_logic_on_a_tiny_model(tmp_path):
+  bench = _load(BENCH.with_name("bench_train.py"))
+  result = bench.run(quick=True, use_compile=False, batch_size=4, width=2, steps=1, rounds=1,
+                     budget_s=0.0, data_images=64, log=lambda *_: None)
+  path = tmp_path / "train.json"
+  path.write_text(json.dumps(result))
+  loaded = json.loads(path.read_text())
+  assert set(loaded["results"]) == {"flax", "torch", "data"}
+  for name, r in loaded["results"].items():
+    assert {"first_step_s", "compile_s", "step_ms_min", "images_per_s_median", "rounds"} <= set(r), name
+    assert r["images_per_s_best"] >= r["images_per_s_median"] > 0
+  goals = {g["goal"]: g for g in loaded["goals"]}
+  assert goals["flax/torch.compile >= 1"]["value"] is None  # not run
+  ratio = loaded["results"]["flax"]["images_per_s_median"] / loaded["results"]["torch"][
+      "images_per_s_median"]
+  assert goals["flax/torch eager >= 1.5"]["value"] == pytest.approx(ratio, rel=1e-3)
+  assert bench.format_markdown(loaded).count("\n| ") == 4  # header + three methods
+  conv = loaded["conv_diagnosis"]
+  assert {"jax_forward_ms", "jax_grad_ms", "torch_forward_ms", "torch_grad_ms"} <= set(conv)
+  assert conv["forward_gflop"] == pytest.approx(2 * 9 * 4 * 32 * 32 * 2 * 2 / 1e9, abs=1e-3)

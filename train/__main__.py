@@ -43,7 +43,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The CLI's argument parser (every flag maps to a `Config` field)."""
+    """The argument parser: every flag but --preset, --workdir and --malloc is a `Config` field."""
     d = Config()
     p = _Parser(prog="python -m train", description=__doc__.splitlines()[0],
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --workdir from its latest checkpoint")
     g.add_argument("--no-plot", dest="plot", action="store_false", help="do not write curves.png")
+    g.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                   help="'tuned' keeps glibc from unmapping large buffers after every step "
+                        "(train/runtime.py; faster on CPU, the process keeps its peak heap)")
     return p
 
 
@@ -147,7 +150,7 @@ def parse_flags(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def config_from_flags(args: argparse.Namespace) -> Config:
     """Builds the (validated) Config from parsed flags; raises ValueError on bad values."""
-    fields = {k: v for k, v in vars(args).items() if k not in ("workdir", "preset")}
+    fields = {k: v for k, v in vars(args).items() if k not in ("workdir", "preset", "malloc")}
     return Config(**fields)
 
 
@@ -163,6 +166,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
             workdir = os.path.join("runs", f"{stamp}_{config.dataset}_{config.model}")
         from train import train_lib  # heavy imports after the flags are known to be good
+
+        if args.malloc == "tuned":
+            from train import runtime
+
+            runtime.tune_malloc()
 
         summary = train_lib.train_and_evaluate(config, workdir)
     except ValueError as e:  # includes train.data.DataError and train.port.PortError

@@ -72,6 +72,13 @@ def test_flags_map_to_config():
     assert config.resume and args.workdir == "w"
 
 
+def test_malloc_flag_is_process_level_not_config():
+    assert cli.parse_flags([]).malloc == "tuned"
+    args = cli.parse_flags(["--malloc", "default"])
+    assert args.malloc == "default"
+    assert cli.config_from_flags(args) == Config()  # not part of the run's config (resume-safe)
+
+
 def test_presets_set_defaults_that_flags_override():
     config = cli.config_from_flags(cli.parse_flags(["--preset", "mnist_imbalance_seed003"]))
     assert (config.dataset, config.model, config.epochs, config.imbalance) == (
