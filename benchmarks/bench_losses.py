@@ -391,7 +391,11 @@ def machine_info(torch_threads):
 
 def run(sizes=None, losses=LOSSES, *, quick=False, use_compile=True, malloc="tuned", min_rounds=None,
         max_rounds=None, budget_s=None, log=print):
-  """Runs the suite; returns the JSON-ready result (machine, settings, results, goals)."""
+  """Runs the suite; returns the JSON-ready result (machine, settings, results, goals).
+
+  ``malloc="default"`` leaves the allocator as this process has it: run it in a fresh process (as
+  the command line does) to measure glibc's defaults.
+  """
   if malloc not in ("tuned", "default"):
     raise ValueError(f"malloc must be 'tuned' or 'default', got {malloc=!r}")
   malloc_applied = runtime.tune_malloc() if malloc == "tuned" else False
