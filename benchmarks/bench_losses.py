@@ -389,6 +389,23 @@ def machine_info(torch_threads):
   }
 
 
+def apply_malloc(malloc: str) -> bool:
+  """``"tuned"``: raise glibc's malloc thresholds (``train/runtime.py``); ``"default"``: leave them.
+  Returns whether tuning was applied. Shared by the benchmarks."""
+  if malloc not in ("tuned", "default"):
+    raise ValueError(f"malloc must be 'tuned' or 'default', got {malloc=!r}")
+  return runtime.tune_malloc() if malloc == "tuned" else False
+
+
+def write_results(out: str, result: dict, markdown: str) -> None:
+  """Writes ``result`` as JSON to ``out`` and ``markdown`` beside it (``.md``)."""
+  path = pathlib.Path(out)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(result, indent=1) + "\n")
+  path.with_suffix(".md").write_text(markdown)
+  print(f"wrote {path} and {path.with_suffix('.md')}")
+
+
 def run(sizes=None, losses=LOSSES, *, quick=False, use_compile=True, malloc="tuned", min_rounds=None,
         max_rounds=None, budget_s=None, log=print):
   """Runs the suite; returns the JSON-ready result (machine, settings, results, goals).
@@ -396,9 +413,7 @@ def run(sizes=None, losses=LOSSES, *, quick=False, use_compile=True, malloc="tun
   ``malloc="default"`` leaves the allocator as this process has it: run it in a fresh process (as
   the command line does) to measure glibc's defaults.
   """
-  if malloc not in ("tuned", "default"):
-    raise ValueError(f"malloc must be 'tuned' or 'default', got {malloc=!r}")
-  malloc_applied = runtime.tune_malloc() if malloc == "tuned" else False
+  malloc_applied = apply_malloc(malloc)
   sizes = dict(sizes or (QUICK_SIZES if quick else SIZES))
   min_rounds = min_rounds or (3 if quick else 10)
   max_rounds = max_rounds or (20 if quick else 200)
@@ -466,11 +481,7 @@ def main(argv=None):
   naive = [g for g in result["goals"] if g["goal"] == "naive/ours >= 1"]
   print(f"  naive/ours >= 1 at every size: {sum(bool(g['met']) for g in naive)}/{len(naive)} met")
   if args.out:
-    path = pathlib.Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    path.with_suffix(".md").write_text(format_markdown(result))
-    print(f"wrote {path} and {path.with_suffix('.md')}")
+    write_results(args.out, result, format_markdown(result))
   return result
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import json
 import os
 import pathlib
 import sys
@@ -52,8 +51,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench_losses import cores, machine_info  # noqa: E402
-from train import losses, runtime, torch_resnet, train_lib  # noqa: E402
+from bench_losses import apply_malloc, cores, machine_info, write_results  # noqa: E402
+from train import losses, torch_resnet, train_lib  # noqa: E402
 from train.config import Config  # noqa: E402
 from train.data import pipeline  # noqa: E402
 from train.data.catalog import ArrayDataset  # noqa: E402
@@ -251,10 +250,7 @@ def format_markdown(result):
 def run(*, quick=False, use_compile=True, malloc="tuned", batch_size=128, width=64, steps=None,
         rounds=None, budget_s=None, data_images=None, log=print):
   """Runs the methods; returns the JSON-ready result (machine, settings, results, goals)."""
-  if malloc not in ("tuned", "default"):
-    raise ValueError(f"malloc must be 'tuned' or 'default', got {malloc=!r}")
-  if malloc == "tuned":
-    runtime.tune_malloc()
+  malloc_applied = apply_malloc(malloc)
   threads = cores()
   torch.set_num_threads(threads)
   steps = steps or (2 if quick else 3)
@@ -273,6 +269,7 @@ def run(*, quick=False, use_compile=True, malloc="tuned", batch_size=128, width=
       "settings": {"model": MODEL, "width": width, "batch_size": batch_size, "image": IMAGE,
                    "optimizer": f"SGD lr {LR} momentum {MOMENTUM} weight decay {WEIGHT_DECAY}",
                    "steps_per_round": steps, "max_rounds": rounds, "malloc": malloc,
+                   "malloc_tuning_applied": malloc_applied,
                    "torch_compile": use_compile, "quick": quick},
   }
   result["results"] = measure(methods, steps=steps, rounds=rounds, budget_s=budget_s,
@@ -302,11 +299,7 @@ def main(argv=None):
   print(format_markdown(result))
   print(f"total {result['total_s']} s")
   if args.out:
-    path = pathlib.Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    path.with_suffix(".md").write_text(format_markdown(result))
-    print(f"wrote {path} and {path.with_suffix('.md')}")
+    write_results(args.out, result, format_markdown(result))
   return result
 
 
