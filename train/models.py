@@ -104,7 +104,38 @@ def _head(x: jax.Array, fc: nnx.Linear, dtype: Any) -> jax.Array:
     return fc(pooled).astype(jnp.float32)
 
 
-class CifarResNet(nnx.Module):
+class _ResNet(nnx.Module):
+    """The ResNet both layouts share: stem conv + BN + ReLU, [max-pool], 4 stages, average pool, `fc`.
+
+    Subclasses set the stem (`_STEM = (kernel, stride, padding)`) and whether a 3x3 stride-2
+    max-pool follows it; attribute names are torchvision's, so `train.port` maps both.
+    """
+
+    _STEM: tuple[int, int, int]
+    _MAX_POOL: bool
+
+    def __init__(self, depths: tuple[int, ...], *, num_classes: int, in_channels: int = 3,
+                 width: int = 64, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.conv1 = _conv(in_channels, width, *self._STEM, dtype=dtype, rngs=rngs)
+        self.bn1 = _bn(width, dtype=dtype, rngs=rngs)
+        stages = _stages(width, depths, dtype=dtype, rngs=rngs)
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.fc = nnx.Linear(width * 8, num_classes, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool = False,
+                 dropout_key: jax.Array | None = None) -> jax.Array:
+        del dropout_key  # no dropout
+        x = nnx.relu(self.bn1(self.conv1(x.astype(self.dtype)), use_running_average=not train))
+        if self._MAX_POOL:
+            x = nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in stage:
+                x = block(x, train=train)
+        return _head(x, self.fc, self.dtype)
+
+
+class CifarResNet(_ResNet):
     """CIFAR-style ResNet (seed 004): 3x3 stride-1 stem, no max-pool, 4 stages, global average pool.
 
     Stage widths are `width * (1, 2, 4, 8)` (64-128-256-512 at the default width 64).
@@ -116,26 +147,11 @@ class CifarResNet(nnx.Module):
       (2, 3)
     """
 
-    def __init__(self, depths: tuple[int, ...], *, num_classes: int, in_channels: int = 3,
-                 width: int = 64, dtype: Any = jnp.float32, rngs: nnx.Rngs):
-        self.dtype = dtype
-        self.conv1 = _conv(in_channels, width, 3, 1, 1, dtype=dtype, rngs=rngs)
-        self.bn1 = _bn(width, dtype=dtype, rngs=rngs)
-        stages = _stages(width, depths, dtype=dtype, rngs=rngs)
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.fc = nnx.Linear(width * 8, num_classes, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: jax.Array, *, train: bool = False,
-                 dropout_key: jax.Array | None = None) -> jax.Array:
-        del dropout_key  # no dropout
-        x = nnx.relu(self.bn1(self.conv1(x.astype(self.dtype)), use_running_average=not train))
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for block in stage:
-                x = block(x, train=train)
-        return _head(x, self.fc, self.dtype)
+    _STEM = (3, 1, 1)
+    _MAX_POOL = False
 
 
-class TorchvisionResNet(nnx.Module):
+class TorchvisionResNet(_ResNet):
     """torchvision-layout ResNet: 7x7 stride-2 stem, 3x3 stride-2 max-pool, 4 stages, `fc`.
 
     Attribute paths mirror torchvision's state_dict keys (`conv1`, `bn1`, `layer1[0].conv1`, ...,
@@ -150,24 +166,8 @@ class TorchvisionResNet(nnx.Module):
       (1, 1, 4, 8)
     """
 
-    def __init__(self, depths: tuple[int, ...], *, num_classes: int, in_channels: int = 3,
-                 width: int = 64, dtype: Any = jnp.float32, rngs: nnx.Rngs):
-        self.dtype = dtype
-        self.conv1 = _conv(in_channels, width, 7, 2, 3, dtype=dtype, rngs=rngs)
-        self.bn1 = _bn(width, dtype=dtype, rngs=rngs)
-        stages = _stages(width, depths, dtype=dtype, rngs=rngs)
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.fc = nnx.Linear(width * 8, num_classes, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: jax.Array, *, train: bool = False,
-                 dropout_key: jax.Array | None = None) -> jax.Array:
-        del dropout_key
-        x = nnx.relu(self.bn1(self.conv1(x.astype(self.dtype)), use_running_average=not train))
-        x = nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for block in stage:
-                x = block(x, train=train)
-        return _head(x, self.fc, self.dtype)
+    _STEM = (7, 2, 3)
+    _MAX_POOL = True
 
 
 def _conv_out(size: int, kernel: int, pad: int) -> int:
