@@ -30,14 +30,13 @@ advances once per real step.
 from __future__ import annotations
 
 from collections.abc import Callable
-import operator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from train._checks import check_real
+from train._checks import check_int, check_real
 
 __all__ = ["OPTIMIZERS", "create_optimizer", "get_learning_rate", "set_learning_rate"]
 
@@ -148,14 +147,7 @@ def create_optimizer(
         raise ValueError(f"nesterov is an SGD option, got {nesterov=} with {name=}")
     if nesterov and momentum == 0.0:
         raise ValueError(f"nesterov momentum requires momentum > 0, got {momentum=}")
-    if isinstance(accum_steps, bool):
-        raise ValueError(f"accum_steps must be an integer >= 1, got {accum_steps=}")
-    try:
-        accum_steps = operator.index(accum_steps)
-    except TypeError:
-        raise ValueError(f"accum_steps must be an integer >= 1, got {accum_steps=}") from None
-    if accum_steps < 1:
-        raise ValueError(f"accum_steps must be an integer >= 1, got {accum_steps=}")
+    accum_steps = check_int("accum_steps", accum_steps, minimum=1)
 
     factory = OPTIMIZERS[name]
 
