@@ -69,7 +69,7 @@ def _batch(batch_size: int, seed: int = 0):
 
 
 def flax_method(batch_size: int, width: int):
-  """``(first_step, step)``: the trainer's jitted, donating train step on a fixed device batch."""
+  """``step(sync)``: one call of the trainer's jitted, donating train step on a fixed device batch."""
   config = Config(model=MODEL, width=width, optimizer="sgd", lr=LR, momentum=MOMENTUM,
                   weight_decay=WEIGHT_DECAY, batch_size=batch_size)
   images, labels = _batch(batch_size)
