@@ -30,70 +30,79 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "parity_tests"))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import torch  # noqa: E402
+import jax
+import jax.numpy as jnp
+import torch
+from torch_reference import FocalLossSeed000
 
-import jaxloss  # noqa: E402
-from torch_reference import FocalLossSeed000  # noqa: E402
-from train import runtime  # noqa: E402
+import jaxloss
+from train import runtime
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--batch", type=int, default=8192)
-  parser.add_argument("--classes", type=int, default=1000)
-  parser.add_argument("--rounds", type=int, default=30)
-  parser.add_argument("--block", type=int, default=4, help="calls per round (the first not counted)")
-  parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned")
-  args = parser.parse_args(argv)
-  if args.malloc == "tuned":
-    runtime.tune_malloc()
-  threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  torch.set_num_threads(threads)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=8192)
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument(
+        "--block", type=int, default=4, help="calls per round (the first not counted)"
+    )
+    parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned")
+    args = parser.parse_args(argv)
+    if args.malloc == "tuned":
+        runtime.tune_malloc()
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(threads)
 
-  rng = np.random.default_rng(0)
-  logits = (rng.standard_normal((args.batch, args.classes)) * 2).astype(np.float32)
-  labels = rng.integers(0, args.classes, args.batch)
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((args.batch, args.classes)) * 2).astype(np.float32)
+    labels = rng.integers(0, args.classes, args.batch)
 
-  x, y = jnp.asarray(logits), jnp.asarray(labels, jnp.int32)
-  ours = jax.jit(jax.value_and_grad(lambda v, t: jaxloss.focal_loss(v, t, gamma=2.0)))
-  xt = torch.from_numpy(logits).requires_grad_(True)
-  yt = torch.from_numpy(labels.astype(np.int64))
-  seed = FocalLossSeed000(alpha=1, gamma=2)
+    x, y = jnp.asarray(logits), jnp.asarray(labels, jnp.int32)
+    ours = jax.jit(jax.value_and_grad(lambda v, t: jaxloss.focal_loss(v, t, gamma=2.0)))
+    xt = torch.from_numpy(logits).requires_grad_(True)
+    yt = torch.from_numpy(labels.astype(np.int64))
+    seed = FocalLossSeed000(alpha=1, gamma=2)
 
-  def run_ours():
-    return jax.block_until_ready(ours(x, y))
+    def run_ours():
+        return jax.block_until_ready(ours(x, y))
 
-  def run_seed():
-    xt.grad = None
-    loss = seed(xt, yt)
-    loss.backward()
-    return loss
+    def run_seed():
+        xt.grad = None
+        loss = seed(xt, yt)
+        loss.backward()
+        return loss
 
-  value, grad = run_ours()
-  ref = run_seed()
-  run_seed()
-  np.testing.assert_allclose(float(value), float(ref.detach()), rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(grad), xt.grad.numpy(), rtol=1e-4, atol=1e-9)
+    value, grad = run_ours()
+    ref = run_seed()
+    run_seed()
+    np.testing.assert_allclose(float(value), float(ref.detach()), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(grad), xt.grad.numpy(), rtol=1e-4, atol=1e-9)
 
-  times = {"jaxloss.focal_loss": [], "FocalLossSeed000": []}
-  for _ in range(args.rounds):
-    for name, run in (("jaxloss.focal_loss", run_ours), ("FocalLossSeed000", run_seed)):
-      for i in range(args.block):
-        t0 = time.perf_counter()
-        run()
-        if i or args.block == 1:
-          times[name].append((time.perf_counter() - t0) * 1e3)
-  print(f"focal loss value+grad, {args.batch}x{args.classes} float32, gamma=2, {args.rounds} rounds, "
-        f"block {args.block}, malloc {args.malloc}, torch threads {threads}, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY')}, XLA_FLAGS {os.environ.get('XLA_FLAGS', '(unset)')}")
-  for name, ms in times.items():
-    print(f"  {name:<20} min {min(ms):8.2f} ms   median {np.median(ms):8.2f} ms")
-  ours_min, seed_min = min(times["jaxloss.focal_loss"]), min(times["FocalLossSeed000"])
-  ours_med, seed_med = np.median(times["jaxloss.focal_loss"]), np.median(times["FocalLossSeed000"])
-  print(f"  seed/jaxloss: {seed_min / ours_min:.2f}x (min), {seed_med / ours_med:.2f}x (median); "
-        f"values and gradients agree (rtol 1e-5 / 1e-4)")
+    times = {"jaxloss.focal_loss": [], "FocalLossSeed000": []}
+    for _ in range(args.rounds):
+        for name, run in (("jaxloss.focal_loss", run_ours), ("FocalLossSeed000", run_seed)):
+            for i in range(args.block):
+                t0 = time.perf_counter()
+                run()
+                if i or args.block == 1:
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+    print(
+        f"focal loss value+grad, {args.batch}x{args.classes} float32, gamma=2, {args.rounds} rounds, "
+        f"block {args.block}, malloc {args.malloc}, torch threads {threads}, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY')}, XLA_FLAGS {os.environ.get('XLA_FLAGS', '(unset)')}"
+    )
+    for name, ms in times.items():
+        print(f"  {name:<20} min {min(ms):8.2f} ms   median {np.median(ms):8.2f} ms")
+    ours_min, seed_min = min(times["jaxloss.focal_loss"]), min(times["FocalLossSeed000"])
+    ours_med, seed_med = (
+        np.median(times["jaxloss.focal_loss"]),
+        np.median(times["FocalLossSeed000"]),
+    )
+    print(
+        f"  seed/jaxloss: {seed_min / ours_min:.2f}x (min), {seed_med / ours_med:.2f}x (median); "
+        f"values and gradients agree (rtol 1e-5 / 1e-4)"
+    )
 
 
 if __name__ == "__main__":
-  main()
+    main()

@@ -60,9 +60,9 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+import torch_reference as ref  # noqa: E402
 
 import jaxloss  # noqa: E402
-import torch_reference as ref  # noqa: E402
 from train import runtime  # noqa: E402
 
 SIZES = {  # name -> logits shape (classes last)
@@ -72,8 +72,14 @@ SIZES = {  # name -> logits shape (classes last)
     "16x128x128x19": (16, 128, 128, 19),
 }
 QUICK_SIZES = {"256x10": (256, 10), "2048x100": (2048, 100)}
-LOSSES = ("focal", "focal_sigmoid", "cross_entropy", "cross_entropy_ls", "label_smoothing_others",
-          "f1")
+LOSSES = (
+    "focal",
+    "focal_sigmoid",
+    "cross_entropy",
+    "cross_entropy_ls",
+    "label_smoothing_others",
+    "f1",
+)
 SEGMENTATION_LOSSES = ("focal", "focal_sigmoid")  # the segmentation-like size is run for these
 GAMMA, SMOOTHING, SIGMOID_ALPHA = 2.0, 0.1, 0.25
 METHODS = ("ours", "floor", "torch", "compile", "naive", "optax")
@@ -84,10 +90,10 @@ WARMUP_CALLS = 6  # untimed calls before the rounds (the first compiles)
 
 
 def cores() -> int:
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # not Linux
-    return os.cpu_count() or 1
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 # --------------------------------------------------------------------------------- the losses
@@ -95,395 +101,496 @@ def cores() -> int:
 # Only the sigmoid focal loss uses `onehot` (its float targets); every softmax loss that needs a
 # one-hot builds it from the labels inside the timed function, as jaxloss does.
 
+
 def _jax_ours(name, num_classes):
-  return {
-      "focal": lambda x, y, t: jaxloss.focal_loss(x, y, gamma=GAMMA),
-      "focal_sigmoid": lambda x, y, t: jaxloss.sigmoid_focal_loss(x, t, gamma=GAMMA,
-                                                                  alpha=SIGMOID_ALPHA),
-      "cross_entropy": lambda x, y, t: jaxloss.cross_entropy(x, y),
-      "cross_entropy_ls": lambda x, y, t: jaxloss.cross_entropy(x, y, label_smoothing=SMOOTHING),
-      "label_smoothing_others": lambda x, y, t: jaxloss.label_smoothing_loss(x, y,
-                                                                             smoothing=SMOOTHING),
-      "f1": lambda x, y, t: jaxloss.f1_loss(x, y),
-  }[name]
+    return {
+        "focal": lambda x, y, t: jaxloss.focal_loss(x, y, gamma=GAMMA),
+        "focal_sigmoid": lambda x, y, t: jaxloss.sigmoid_focal_loss(
+            x, t, gamma=GAMMA, alpha=SIGMOID_ALPHA
+        ),
+        "cross_entropy": lambda x, y, t: jaxloss.cross_entropy(x, y),
+        "cross_entropy_ls": lambda x, y, t: jaxloss.cross_entropy(x, y, label_smoothing=SMOOTHING),
+        "label_smoothing_others": lambda x, y, t: jaxloss.label_smoothing_loss(
+            x, y, smoothing=SMOOTHING
+        ),
+        "f1": lambda x, y, t: jaxloss.f1_loss(x, y),
+    }[name]
 
 
 def _naive_log_pt(x, y):
-  return jnp.take_along_axis(jax.nn.log_softmax(x, axis=-1), y[..., None], axis=-1)[..., 0]
+    return jnp.take_along_axis(jax.nn.log_softmax(x, axis=-1), y[..., None], axis=-1)[..., 0]
 
 
 def _naive_f1(x, y, t):
-  c = x.shape[-1]
-  p = jax.nn.softmax(x, axis=-1).reshape(-1, c)
-  t = jax.nn.one_hot(y, c, dtype=x.dtype).reshape(-1, c)
-  tp, fp, fn = (t * p).sum(0), ((1 - t) * p).sum(0), (t * (1 - p)).sum(0)
-  eps = 1e-7
-  precision, recall = tp / (tp + fp + eps), tp / (tp + fn + eps)
-  f1 = jnp.clip(2 * precision * recall / (precision + recall + eps), eps, 1 - eps)
-  return 1 - f1.mean()
+    c = x.shape[-1]
+    p = jax.nn.softmax(x, axis=-1).reshape(-1, c)
+    t = jax.nn.one_hot(y, c, dtype=x.dtype).reshape(-1, c)
+    tp, fp, fn = (t * p).sum(0), ((1 - t) * p).sum(0), (t * (1 - p)).sum(0)
+    eps = 1e-7
+    precision, recall = tp / (tp + fp + eps), tp / (tp + fn + eps)
+    f1 = jnp.clip(2 * precision * recall / (precision + recall + eps), eps, 1 - eps)
+    return 1 - f1.mean()
 
 
 def _naive_sigmoid_focal(x, y, t):
-  p = jax.nn.sigmoid(x)
-  ce = jnp.maximum(x, 0) - x * t + jnp.log1p(jnp.exp(-jnp.abs(x)))
-  p_t = p * t + (1 - p) * (1 - t)
-  alpha_t = SIGMOID_ALPHA * t + (1 - SIGMOID_ALPHA) * (1 - t)
-  return jnp.mean(alpha_t * ce * (1 - p_t) ** GAMMA)
+    p = jax.nn.sigmoid(x)
+    ce = jnp.maximum(x, 0) - x * t + jnp.log1p(jnp.exp(-jnp.abs(x)))
+    p_t = p * t + (1 - p) * (1 - t)
+    alpha_t = SIGMOID_ALPHA * t + (1 - SIGMOID_ALPHA) * (1 - t)
+    return jnp.mean(alpha_t * ce * (1 - p_t) ** GAMMA)
 
 
 def _jax_naive(name, num_classes):
-  c = num_classes
+    c = num_classes
 
-  def focal(x, y, t):
-    log_pt = _naive_log_pt(x, y)
-    return jnp.mean(-((1 - jnp.exp(log_pt)) ** GAMMA) * log_pt)
+    def focal(x, y, t):
+        log_pt = _naive_log_pt(x, y)
+        return jnp.mean(-((1 - jnp.exp(log_pt)) ** GAMMA) * log_pt)
 
-  def smoothed(eps_target, eps_other):
-    def loss(x, y, t):
-      t = jax.nn.one_hot(y, c, dtype=x.dtype)  # built from the labels, as ours does
-      dist = t * eps_target + (1 - t) * eps_other
-      return jnp.mean(jnp.sum(-dist * jax.nn.log_softmax(x, axis=-1), axis=-1))
-    return loss
+    def smoothed(eps_target, eps_other):
+        def loss(x, y, t):
+            t = jax.nn.one_hot(y, c, dtype=x.dtype)  # built from the labels, as ours does
+            dist = t * eps_target + (1 - t) * eps_other
+            return jnp.mean(jnp.sum(-dist * jax.nn.log_softmax(x, axis=-1), axis=-1))
 
-  return {
-      "focal": focal,
-      "focal_sigmoid": _naive_sigmoid_focal,
-      "cross_entropy": lambda x, y, t: -jnp.mean(_naive_log_pt(x, y)),
-      "cross_entropy_ls": smoothed(1 - SMOOTHING + SMOOTHING / c, SMOOTHING / c),
-      "label_smoothing_others": smoothed(1 - SMOOTHING, SMOOTHING / (c - 1)),
-      "f1": _naive_f1,
-  }[name]
+        return loss
+
+    return {
+        "focal": focal,
+        "focal_sigmoid": _naive_sigmoid_focal,
+        "cross_entropy": lambda x, y, t: -jnp.mean(_naive_log_pt(x, y)),
+        "cross_entropy_ls": smoothed(1 - SMOOTHING + SMOOTHING / c, SMOOTHING / c),
+        "label_smoothing_others": smoothed(1 - SMOOTHING, SMOOTHING / (c - 1)),
+        "f1": _naive_f1,
+    }[name]
 
 
 def _jax_optax(name, num_classes):
-  c = num_classes
-  losses = optax.losses
+    c = num_classes
+    losses = optax.losses
 
-  def smoothed(eps):
-    def loss(x, y, t):
-      onehot = jax.nn.one_hot(y, c, dtype=x.dtype)  # built from the labels, as ours does
-      return jnp.mean(losses.softmax_cross_entropy(x, losses.smooth_labels(onehot, eps)))
-    return loss
+    def smoothed(eps):
+        def loss(x, y, t):
+            onehot = jax.nn.one_hot(y, c, dtype=x.dtype)  # built from the labels, as ours does
+            return jnp.mean(losses.softmax_cross_entropy(x, losses.smooth_labels(onehot, eps)))
 
-  return {
-      "focal_sigmoid": lambda x, y, t: jnp.mean(
-          losses.sigmoid_focal_loss(x, t, alpha=SIGMOID_ALPHA, gamma=GAMMA)),
-      "cross_entropy": lambda x, y, t: jnp.mean(
-          losses.softmax_cross_entropy_with_integer_labels(x, y)),
-      "cross_entropy_ls": smoothed(SMOOTHING),
-      # "others" with eps is torch/optax's uniform smoothing with eps * C / (C - 1).
-      "label_smoothing_others": smoothed(SMOOTHING * c / (c - 1)),
-  }.get(name)
+        return loss
+
+    return {
+        "focal_sigmoid": lambda x, y, t: jnp.mean(
+            losses.sigmoid_focal_loss(x, t, alpha=SIGMOID_ALPHA, gamma=GAMMA)
+        ),
+        "cross_entropy": lambda x, y, t: jnp.mean(
+            losses.softmax_cross_entropy_with_integer_labels(x, y)
+        ),
+        "cross_entropy_ls": smoothed(SMOOTHING),
+        # "others" with eps is torch/optax's uniform smoothing with eps * C / (C - 1).
+        "label_smoothing_others": smoothed(SMOOTHING * c / (c - 1)),
+    }.get(name)
 
 
 def _torch_module(name, num_classes):
-  """A callable (x (N, C), y (N,), t (N, C)) -> mean loss, as the reference writes it."""
-  if name == "focal":
-    module = ref.FocalLossSeed000(alpha=1, gamma=GAMMA)
-    return lambda x, y, t: module(x, y)
-  if name == "focal_sigmoid":
-    return lambda x, y, t: ref.torchvision_sigmoid_focal_loss(x, t, alpha=SIGMOID_ALPHA, gamma=GAMMA,
-                                                             reduction="mean")
-  if name == "cross_entropy":
-    return lambda x, y, t: F.cross_entropy(x, y)
-  if name == "cross_entropy_ls":
-    return lambda x, y, t: F.cross_entropy(x, y, label_smoothing=SMOOTHING)
-  if name == "label_smoothing_others":
-    module = ref.LabelSmoothingLoss(num_classes, smoothing=SMOOTHING)
-    return lambda x, y, t: module(x, y)
-  if name == "f1":
-    module = ref.F1Loss(num_classes)
-    return lambda x, y, t: module(x, y)
-  raise KeyError(name)
+    """A callable (x (N, C), y (N,), t (N, C)) -> mean loss, as the reference writes it."""
+    if name == "focal":
+        module = ref.FocalLossSeed000(alpha=1, gamma=GAMMA)
+        return lambda x, y, t: module(x, y)
+    if name == "focal_sigmoid":
+        return lambda x, y, t: ref.torchvision_sigmoid_focal_loss(
+            x, t, alpha=SIGMOID_ALPHA, gamma=GAMMA, reduction="mean"
+        )
+    if name == "cross_entropy":
+        return lambda x, y, t: F.cross_entropy(x, y)
+    if name == "cross_entropy_ls":
+        return lambda x, y, t: F.cross_entropy(x, y, label_smoothing=SMOOTHING)
+    if name == "label_smoothing_others":
+        module = ref.LabelSmoothingLoss(num_classes, smoothing=SMOOTHING)
+        return lambda x, y, t: module(x, y)
+    if name == "f1":
+        module = ref.F1Loss(num_classes)
+        return lambda x, y, t: module(x, y)
+    raise KeyError(name)
 
 
 # ------------------------------------------------------------------------------- the runners
 
-def _jax_runner(loss, x, y, t):
-  step = jax.jit(jax.value_and_grad(loss))
 
-  def run():
-    jax.block_until_ready(step(x, y, t))
-  return run
+def _jax_runner(loss, x, y, t):
+    step = jax.jit(jax.value_and_grad(loss))
+
+    def run():
+        jax.block_until_ready(step(x, y, t))
+
+    return run
 
 
 def _floor_runner(x):
-  flat = x.reshape(-1, x.shape[-1])
-  shift = jnp.zeros(flat.shape[:1], flat.dtype)
-  floor = jax.jit(lambda v, r: jnp.exp(v - r[:, None]))
+    flat = x.reshape(-1, x.shape[-1])
+    shift = jnp.zeros(flat.shape[:1], flat.dtype)
+    floor = jax.jit(lambda v, r: jnp.exp(v - r[:, None]))
 
-  def run():
-    jax.block_until_ready(floor(flat, shift))
-  return run
+    def run():
+        jax.block_until_ready(floor(flat, shift))
+
+    return run
 
 
 def _torch_runner(loss, x, y, t):
-  def run():
-    x.grad = None
-    loss(x, y, t).backward()
-  return run
+    def run():
+        x.grad = None
+        loss(x, y, t).backward()
+
+    return run
 
 
 def _time_interleaved(runners, min_rounds, max_rounds, budget_s, block=BLOCK):
-  """Round-robin timing: every round calls every runner ``block`` times back to back and keeps
-  all but the first of those calls. Returns {name: [seconds]}."""
-  times = {name: [] for name in runners}
-  start = time.perf_counter()
-  for round_ in range(max_rounds):
-    for name, run in runners.items():
-      for i in range(block):
-        t0 = time.perf_counter()
-        run()
-        if i or block == 1:
-          times[name].append(time.perf_counter() - t0)
-    if round_ + 1 >= min_rounds and time.perf_counter() - start > budget_s:
-      break
-  return times
+    """Round-robin timing: every round calls every runner ``block`` times back to back and keeps
+    all but the first of those calls. Returns {name: [seconds]}."""
+    times = {name: [] for name in runners}
+    start = time.perf_counter()
+    for round_ in range(max_rounds):
+        for name, run in runners.items():
+            for i in range(block):
+                t0 = time.perf_counter()
+                run()
+                if i or block == 1:
+                    times[name].append(time.perf_counter() - t0)
+        if round_ + 1 >= min_rounds and time.perf_counter() - start > budget_s:
+            break
+    return times
 
 
 def bench_one(name, shape, *, use_compile, min_rounds, max_rounds, budget_s, seed=0):
-  """Times all methods for one loss and one logits shape; returns a JSON-ready dict."""
-  num_classes = shape[-1]
-  rng = np.random.default_rng(seed)
-  logits_np = (rng.standard_normal(shape) * 2).astype(np.float32)
-  labels_np = rng.integers(0, num_classes, shape[:-1]).astype(np.int32)
-  onehot_np = np.eye(num_classes, dtype=np.float32)[labels_np]
-  x, y, t = jnp.asarray(logits_np), jnp.asarray(labels_np), jnp.asarray(onehot_np)
-  # torch's modules take (N, C): the leading axes are flattened (the same memory, classes last).
-  xt = torch.from_numpy(logits_np.reshape(-1, num_classes)).requires_grad_(True)
-  yt = torch.from_numpy(labels_np.reshape(-1).astype(np.int64))
-  tt = torch.from_numpy(onehot_np.reshape(-1, num_classes))
+    """Times all methods for one loss and one logits shape; returns a JSON-ready dict."""
+    num_classes = shape[-1]
+    rng = np.random.default_rng(seed)
+    logits_np = (rng.standard_normal(shape) * 2).astype(np.float32)
+    labels_np = rng.integers(0, num_classes, shape[:-1]).astype(np.int32)
+    onehot_np = np.eye(num_classes, dtype=np.float32)[labels_np]
+    x, y, t = jnp.asarray(logits_np), jnp.asarray(labels_np), jnp.asarray(onehot_np)
+    # torch's modules take (N, C): the leading axes are flattened (the same memory, classes last).
+    xt = torch.from_numpy(logits_np.reshape(-1, num_classes)).requires_grad_(True)
+    yt = torch.from_numpy(labels_np.reshape(-1).astype(np.int64))
+    tt = torch.from_numpy(onehot_np.reshape(-1, num_classes))
 
-  methods, runners = {}, {}
+    methods, runners = {}, {}
 
-  def add(method, make):
-    t0 = time.perf_counter()
-    try:
-      run = make()
-      for _ in range(WARMUP_CALLS):  # compile, then let the heap reach its steady size
-        run()
-    except Exception as error:  # noqa: BLE001 - reported, not hidden
-      methods[method] = {"n/a": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
-      return
-    methods[method] = {"first_call_s": round(time.perf_counter() - t0, 3)}
-    runners[method] = run
+    def add(method, make):
+        t0 = time.perf_counter()
+        try:
+            run = make()
+            for _ in range(WARMUP_CALLS):  # compile, then let the heap reach its steady size
+                run()
+        except Exception as error:
+            methods[method] = {"n/a": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
+            return
+        methods[method] = {"first_call_s": round(time.perf_counter() - t0, 3)}
+        runners[method] = run
 
-  add("ours", lambda: _jax_runner(_jax_ours(name, num_classes), x, y, t))
-  add("floor", lambda: _floor_runner(x))
-  torch_loss = _torch_module(name, num_classes)
-  add("torch", lambda: _torch_runner(torch_loss, xt, yt, tt))
-  if use_compile:
-    torch._dynamo.reset()
-    add("compile", lambda: _torch_runner(torch.compile(torch_loss), xt, yt, tt))
-  else:
-    methods["compile"] = {"n/a": "skipped (--quick / --no-compile)"}
-  add("naive", lambda: _jax_runner(_jax_naive(name, num_classes), x, y, t))
-  optax_loss = _jax_optax(name, num_classes)
-  if optax_loss is None:
-    methods["optax"] = {"n/a": "optax has no such loss"}
-  else:
-    add("optax", lambda: _jax_runner(optax_loss, x, y, t))
+    add("ours", lambda: _jax_runner(_jax_ours(name, num_classes), x, y, t))
+    add("floor", lambda: _floor_runner(x))
+    torch_loss = _torch_module(name, num_classes)
+    add("torch", lambda: _torch_runner(torch_loss, xt, yt, tt))
+    if use_compile:
+        torch._dynamo.reset()
+        add("compile", lambda: _torch_runner(torch.compile(torch_loss), xt, yt, tt))
+    else:
+        methods["compile"] = {"n/a": "skipped (--quick / --no-compile)"}
+    add("naive", lambda: _jax_runner(_jax_naive(name, num_classes), x, y, t))
+    optax_loss = _jax_optax(name, num_classes)
+    if optax_loss is None:
+        methods["optax"] = {"n/a": "optax has no such loss"}
+    else:
+        add("optax", lambda: _jax_runner(optax_loss, x, y, t))
 
-  times = _time_interleaved(runners, min_rounds, max_rounds, budget_s)
-  for method, samples in times.items():
-    ms = np.asarray(samples) * 1e3
-    methods[method].update(min_ms=round(float(ms.min()), 3), median_ms=round(float(np.median(ms)), 3),
-                           repeats=len(samples))
+    times = _time_interleaved(runners, min_rounds, max_rounds, budget_s)
+    for method, samples in times.items():
+        ms = np.asarray(samples) * 1e3
+        methods[method].update(
+            min_ms=round(float(ms.min()), 3),
+            median_ms=round(float(np.median(ms)), 3),
+            repeats=len(samples),
+        )
 
-  def ratio(num, den, stat="min_ms"):
-    a, b = methods.get(num, {}), methods.get(den, {})
-    if stat in a and stat in b and b[stat] > 0:
-      return round(a[stat] / b[stat], 3)
-    return None
+    def ratio(num, den, stat="min_ms"):
+        a, b = methods.get(num, {}), methods.get(den, {})
+        if stat in a and stat in b and b[stat] > 0:
+            return round(a[stat] / b[stat], 3)
+        return None
 
-  ratios = {
-      "ours/floor": ratio("ours", "floor"),
-      "torch/ours": ratio("torch", "ours"),
-      "compile/ours": ratio("compile", "ours"),
-      "naive/ours": ratio("naive", "ours"),
-      "optax/ours": ratio("optax", "ours"),
-  }
-  median_ratios = {k: ratio(*k.split("/"), stat="median_ms") for k in ratios}
-  return {"loss": name, "size": "x".join(map(str, shape)), "shape": list(shape), "methods": methods,
-          "ratios": ratios, "ratios_median": median_ratios}
+    ratios = {
+        "ours/floor": ratio("ours", "floor"),
+        "torch/ours": ratio("torch", "ours"),
+        "compile/ours": ratio("compile", "ours"),
+        "naive/ours": ratio("naive", "ours"),
+        "optax/ours": ratio("optax", "ours"),
+    }
+    median_ratios = {k: ratio(*k.split("/"), stat="median_ms") for k in ratios}
+    return {
+        "loss": name,
+        "size": "x".join(map(str, shape)),
+        "shape": list(shape),
+        "methods": methods,
+        "ratios": ratios,
+        "ratios_median": median_ratios,
+    }
 
 
 # ------------------------------------------------------------------------------ goals, table
 
+
 def evaluate_goals(results):
-  """Issue 4's goals, from the min-time ratios of this run."""
-  goals = []
-  for r in results:
-    if r["size"] == GOAL_SIZE and r["loss"] in GOAL_LOSSES:
-      q = r["ratios"]
-      checks = [("ours/floor <= 2.5", q["ours/floor"], lambda v: v <= 2.5),
+    """Issue 4's goals, from the min-time ratios of this run."""
+    goals = []
+    for r in results:
+        if r["size"] == GOAL_SIZE and r["loss"] in GOAL_LOSSES:
+            q = r["ratios"]
+            checks = [
+                ("ours/floor <= 2.5", q["ours/floor"], lambda v: v <= 2.5),
                 ("torch/ours >= 2", q["torch/ours"], lambda v: v >= 2.0),
-                ("compile/ours > 1", q["compile/ours"], lambda v: v > 1.0)]
-      for label, value, ok in checks:
-        goals.append({"loss": r["loss"], "size": r["size"], "goal": label, "value": value,
-                      "met": None if value is None else bool(ok(value))})
-  for r in results:
-    value = r["ratios"]["naive/ours"]
-    goals.append({"loss": r["loss"], "size": r["size"], "goal": "naive/ours >= 1", "value": value,
-                  "met": None if value is None else bool(value >= 1.0)})
-  return goals
+                ("compile/ours > 1", q["compile/ours"], lambda v: v > 1.0),
+            ]
+            for label, value, ok in checks:
+                goals.append(
+                    {
+                        "loss": r["loss"],
+                        "size": r["size"],
+                        "goal": label,
+                        "value": value,
+                        "met": None if value is None else bool(ok(value)),
+                    }
+                )
+    for r in results:
+        value = r["ratios"]["naive/ours"]
+        goals.append(
+            {
+                "loss": r["loss"],
+                "size": r["size"],
+                "goal": "naive/ours >= 1",
+                "value": value,
+                "met": None if value is None else bool(value >= 1.0),
+            }
+        )
+    return goals
 
 
 def _fmt(method):
-  if "min_ms" not in method:
-    return "n/a"
-  return f"{method['min_ms']:.2f}/{method['median_ms']:.2f}"
+    if "min_ms" not in method:
+        return "n/a"
+    return f"{method['min_ms']:.2f}/{method['median_ms']:.2f}"
 
 
 def format_table(results):
-  head = (f"{'loss':<23}{'size':<15}" + "".join(f"{m + ' min/med ms':>21}" for m in METHODS)
-          + "".join(f"{k:>14}" for k in results[0]["ratios"]))
-  lines = [head, "-" * len(head)]
-  for r in results:
-    cells = "".join(f"{_fmt(r['methods'].get(m, {})):>21}" for m in METHODS)
-    ratios = "".join(f"{'n/a' if v is None else format(v, '.2f'):>14}" for v in r["ratios"].values())
-    lines.append(f"{r['loss']:<23}{r['size']:<15}{cells}{ratios}")
-  return "\n".join(lines)
+    head = (
+        f"{'loss':<23}{'size':<15}"
+        + "".join(f"{m + ' min/med ms':>21}" for m in METHODS)
+        + "".join(f"{k:>14}" for k in results[0]["ratios"])
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        cells = "".join(f"{_fmt(r['methods'].get(m, {})):>21}" for m in METHODS)
+        ratios = "".join(
+            f"{'n/a' if v is None else format(v, '.2f'):>14}" for v in r["ratios"].values()
+        )
+        lines.append(f"{r['loss']:<23}{r['size']:<15}{cells}{ratios}")
+    return "\n".join(lines)
 
 
 def format_markdown(result):
-  """The table as Markdown (for the README): min ms per method and the ratios, plus the machine."""
-  m = result["machine"]
-  keys = list(result["results"][0]["ratios"])
-  lines = [f"{m['cpu']}, {m['cores_available']} cores, torch threads {m['torch_num_threads']}, "
-           f"OMP_WAIT_POLICY {m.get('OMP_WAIT_POLICY')}, XLA_FLAGS {m['XLA_FLAGS']}; jax {m['jax']}, "
-           f"torch {m['torch']}, optax {m['optax']}; malloc {result['settings']['malloc']}; "
-           f"{result['date_utc']}. "
-           "Value+grad, float32, min (median) ms.",
-           "",
-           "| loss | size | " + " | ".join(METHODS) + " | " + " | ".join(keys) + " |",
-           "|" + "---|" * (2 + len(METHODS) + len(keys))]
-  for r in result["results"]:
-    cells = []
-    for name in METHODS:
-      method = r["methods"].get(name, {})
-      cells.append(f"{method['min_ms']:.2f} ({method['median_ms']:.2f})" if "min_ms" in method
-                   else "n/a")
-    ratios = ["n/a" if v is None else f"{v:.2f}" for v in r["ratios"].values()]
-    lines.append(f"| {r['loss']} | {r['size']} | " + " | ".join(cells + ratios) + " |")
-  return "\n".join(lines) + "\n"
+    """The table as Markdown (for the README): min ms per method and the ratios, plus the machine."""
+    m = result["machine"]
+    keys = list(result["results"][0]["ratios"])
+    lines = [
+        f"{m['cpu']}, {m['cores_available']} cores, torch threads {m['torch_num_threads']}, "
+        f"OMP_WAIT_POLICY {m.get('OMP_WAIT_POLICY')}, XLA_FLAGS {m['XLA_FLAGS']}; jax {m['jax']}, "
+        f"torch {m['torch']}, optax {m['optax']}; malloc {result['settings']['malloc']}; "
+        f"{result['date_utc']}. "
+        "Value+grad, float32, min (median) ms.",
+        "",
+        "| loss | size | " + " | ".join(METHODS) + " | " + " | ".join(keys) + " |",
+        "|" + "---|" * (2 + len(METHODS) + len(keys)),
+    ]
+    for r in result["results"]:
+        cells = []
+        for name in METHODS:
+            method = r["methods"].get(name, {})
+            cells.append(
+                f"{method['min_ms']:.2f} ({method['median_ms']:.2f})"
+                if "min_ms" in method
+                else "n/a"
+            )
+        ratios = ["n/a" if v is None else f"{v:.2f}" for v in r["ratios"].values()]
+        lines.append(f"| {r['loss']} | {r['size']} | " + " | ".join(cells + ratios) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def machine_info(torch_threads):
-  cpu = platform.processor()
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
-  return {
-      "cpu": cpu, "cores_available": cores(), "platform": platform.platform(),
-      "python": platform.python_version(), "jax": jax.__version__, "jax_backend": jax.default_backend(),
-      "torch": torch.__version__, "optax": optax.__version__, "jaxloss": jaxloss.__version__,
-      "torch_num_threads": torch_threads, "torch_num_interop_threads": torch.get_num_interop_threads(),
-      "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-      "XLA_FLAGS": os.environ.get("XLA_FLAGS", "(unset: XLA defaults, intra-op pool = cores)"),
-      "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-  }
+    cpu = platform.processor()
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores_available": cores(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jax_backend": jax.default_backend(),
+        "torch": torch.__version__,
+        "optax": optax.__version__,
+        "jaxloss": jaxloss.__version__,
+        "torch_num_threads": torch_threads,
+        "torch_num_interop_threads": torch.get_num_interop_threads(),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "(unset: XLA defaults, intra-op pool = cores)"),
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
 
 
 def apply_malloc(malloc: str) -> bool:
-  """``"tuned"``: raise glibc's malloc thresholds (``train/runtime.py``); ``"default"``: leave them.
-  Returns whether tuning was applied. Shared by the benchmarks."""
-  if malloc not in ("tuned", "default"):
-    raise ValueError(f"malloc must be 'tuned' or 'default', got {malloc=!r}")
-  return runtime.tune_malloc() if malloc == "tuned" else False
+    """``"tuned"``: raise glibc's malloc thresholds (``train/runtime.py``); ``"default"``: leave them.
+    Returns whether tuning was applied. Shared by the benchmarks."""
+    if malloc not in ("tuned", "default"):
+        raise ValueError(f"malloc must be 'tuned' or 'default', got {malloc=!r}")
+    return runtime.tune_malloc() if malloc == "tuned" else False
 
 
 def write_results(out: str, result: dict, markdown: str) -> None:
-  """Writes ``result`` as JSON to ``out`` and ``markdown`` beside it (``.md``)."""
-  path = pathlib.Path(out)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(result, indent=1) + "\n")
-  path.with_suffix(".md").write_text(markdown)
-  print(f"wrote {path} and {path.with_suffix('.md')}")
+    """Writes ``result`` as JSON to ``out`` and ``markdown`` beside it (``.md``)."""
+    path = pathlib.Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    path.with_suffix(".md").write_text(markdown)
+    print(f"wrote {path} and {path.with_suffix('.md')}")
 
 
-def run(sizes=None, losses=LOSSES, *, quick=False, use_compile=True, malloc="tuned", min_rounds=None,
-        max_rounds=None, budget_s=None, log=print):
-  """Runs the suite; returns the JSON-ready result (machine, settings, results, goals).
+def run(
+    sizes=None,
+    losses=LOSSES,
+    *,
+    quick=False,
+    use_compile=True,
+    malloc="tuned",
+    min_rounds=None,
+    max_rounds=None,
+    budget_s=None,
+    log=print,
+):
+    """Runs the suite; returns the JSON-ready result (machine, settings, results, goals).
 
-  ``malloc="default"`` leaves the allocator as this process has it: run it in a fresh process (as
-  the command line does) to measure glibc's defaults.
-  """
-  malloc_applied = apply_malloc(malloc)
-  sizes = dict(sizes or (QUICK_SIZES if quick else SIZES))
-  min_rounds = min_rounds or (3 if quick else 10)
-  max_rounds = max_rounds or (20 if quick else 200)
-  budget_s = budget_s if budget_s is not None else (0.3 if quick else 6.0)
-  threads = cores()
-  torch.set_num_threads(threads)
-  started = time.perf_counter()
-  out = {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-         "machine": machine_info(threads),
-         "settings": {"quick": quick, "torch_compile": use_compile, "min_rounds": min_rounds,
-                      "max_rounds": max_rounds, "timing_budget_s_per_case": budget_s,
-                      "dtype": "float32", "logits": "standard normal * 2", "gamma": GAMMA,
-                      "label_smoothing": SMOOTHING, "sigmoid_alpha": SIGMOID_ALPHA,
-                      "calls_per_block": BLOCK, "malloc": malloc,
-                      "malloc_tuning_applied": malloc_applied,
-                      "floor": "jit(exp(x - r[:, None])): one read, one exp, one write"},
-         "results": []}
-  for size_name, shape in sizes.items():
-    for name in losses:
-      if len(shape) > 2 and name not in SEGMENTATION_LOSSES:
-        continue
-      t0 = time.perf_counter()
-      try:
-        result = bench_one(name, shape, use_compile=use_compile and not quick,
-                           min_rounds=min_rounds, max_rounds=max_rounds, budget_s=budget_s)
-      except Exception:  # noqa: BLE001 - one failing case must not lose the others
-        log(traceback.format_exc())
-        continue
-      out["results"].append(result)
-      log(f"  {name:<23} {size_name:<15} ours {_fmt(result['methods']['ours'])} ms "
-          f"({time.perf_counter() - t0:.1f} s)")
-  out["goals"] = evaluate_goals(out["results"])
-  out["total_s"] = round(time.perf_counter() - started, 1)
-  return out
+    ``malloc="default"`` leaves the allocator as this process has it: run it in a fresh process (as
+    the command line does) to measure glibc's defaults.
+    """
+    malloc_applied = apply_malloc(malloc)
+    sizes = dict(sizes or (QUICK_SIZES if quick else SIZES))
+    min_rounds = min_rounds or (3 if quick else 10)
+    max_rounds = max_rounds or (20 if quick else 200)
+    budget_s = budget_s if budget_s is not None else (0.3 if quick else 6.0)
+    threads = cores()
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    out = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(threads),
+        "settings": {
+            "quick": quick,
+            "torch_compile": use_compile,
+            "min_rounds": min_rounds,
+            "max_rounds": max_rounds,
+            "timing_budget_s_per_case": budget_s,
+            "dtype": "float32",
+            "logits": "standard normal * 2",
+            "gamma": GAMMA,
+            "label_smoothing": SMOOTHING,
+            "sigmoid_alpha": SIGMOID_ALPHA,
+            "calls_per_block": BLOCK,
+            "malloc": malloc,
+            "malloc_tuning_applied": malloc_applied,
+            "floor": "jit(exp(x - r[:, None])): one read, one exp, one write",
+        },
+        "results": [],
+    }
+    for size_name, shape in sizes.items():
+        for name in losses:
+            if len(shape) > 2 and name not in SEGMENTATION_LOSSES:
+                continue
+            t0 = time.perf_counter()
+            try:
+                result = bench_one(
+                    name,
+                    shape,
+                    use_compile=use_compile and not quick,
+                    min_rounds=min_rounds,
+                    max_rounds=max_rounds,
+                    budget_s=budget_s,
+                )
+            except Exception:
+                log(traceback.format_exc())
+                continue
+            out["results"].append(result)
+            log(
+                f"  {name:<23} {size_name:<15} ours {_fmt(result['methods']['ours'])} ms "
+                f"({time.perf_counter() - t0:.1f} s)"
+            )
+    out["goals"] = evaluate_goals(out["results"])
+    out["total_s"] = round(time.perf_counter() - started, 1)
+    return out
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--quick", action="store_true", help="two small sizes, no torch.compile (<1 min)")
-  parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
-  parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
-                      help="raise glibc's malloc thresholds first (train/runtime.py), or keep the "
-                           "C library's defaults")
-  parser.add_argument("--out", default=None, help="JSON path (default: print only)")
-  parser.add_argument("--losses", default=",".join(LOSSES), help="comma-separated subset")
-  parser.add_argument("--sizes", default=None, help="comma-separated subset of " + ",".join(SIZES))
-  args = parser.parse_args(argv)
-  sizes = None
-  if args.sizes:
-    sizes = {s: SIZES[s] for s in args.sizes.split(",")}
-  result = run(sizes, tuple(args.losses.split(",")), quick=args.quick,
-               use_compile=not args.no_compile, malloc=args.malloc)
-  print()
-  print(format_table(result["results"]))
-  print()
-  m = result["machine"]
-  print(f"{m['cpu']}, {m['cores_available']} cores; torch threads {m['torch_num_threads']}; "
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="two small sizes, no torch.compile (<1 min)"
+    )
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument(
+        "--malloc",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="raise glibc's malloc thresholds first (train/runtime.py), or keep the "
+        "C library's defaults",
+    )
+    parser.add_argument("--out", default=None, help="JSON path (default: print only)")
+    parser.add_argument("--losses", default=",".join(LOSSES), help="comma-separated subset")
+    parser.add_argument(
+        "--sizes", default=None, help="comma-separated subset of " + ",".join(SIZES)
+    )
+    args = parser.parse_args(argv)
+    sizes = None
+    if args.sizes:
+        sizes = {s: SIZES[s] for s in args.sizes.split(",")}
+    result = run(
+        sizes,
+        tuple(args.losses.split(",")),
+        quick=args.quick,
+        use_compile=not args.no_compile,
+        malloc=args.malloc,
+    )
+    print()
+    print(format_table(result["results"]))
+    print()
+    m = result["machine"]
+    print(
+        f"{m['cpu']}, {m['cores_available']} cores; torch threads {m['torch_num_threads']}; "
         f"XLA_FLAGS {m['XLA_FLAGS']}; jax {m['jax']}, torch {m['torch']}; malloc "
         f"{result['settings']['malloc']}; {result['date_utc']}; "
-        f"total {result['total_s']} s")
-  for goal in result["goals"]:
-    if goal["goal"] != "naive/ours >= 1" or goal["met"] is False:
-      status = {True: "MET", False: "MISSED", None: "n/a"}[goal["met"]]
-      print(f"  {status:<7}{goal['loss']:<23}{goal['size']:<15}{goal['goal']:<20}{goal['value']}")
-  naive = [g for g in result["goals"] if g["goal"] == "naive/ours >= 1"]
-  print(f"  naive/ours >= 1 at every size: {sum(bool(g['met']) for g in naive)}/{len(naive)} met")
-  if args.out:
-    write_results(args.out, result, format_markdown(result))
-  return result
+        f"total {result['total_s']} s"
+    )
+    for goal in result["goals"]:
+        if goal["goal"] != "naive/ours >= 1" or goal["met"] is False:
+            status = {True: "MET", False: "MISSED", None: "n/a"}[goal["met"]]
+            print(
+                f"  {status:<7}{goal['loss']:<23}{goal['size']:<15}{goal['goal']:<20}{goal['value']}"
+            )
+    naive = [g for g in result["goals"] if g["goal"] == "naive/ours >= 1"]
+    print(f"  naive/ours >= 1 at every size: {sum(bool(g['met']) for g in naive)}/{len(naive)} met")
+    if args.out:
+        write_results(args.out, result, format_markdown(result))
+    return result
 
 
 if __name__ == "__main__":
-  main()
+    main()

@@ -41,26 +41,41 @@ __all__ = [
 DATASETS = ("digits", "mnist", "cifar10")
 
 
-def add_common_flags(parser: argparse.ArgumentParser, *, outdir: str,
-                     datasets: Sequence[str] = DATASETS, data_dir_help: str = "TFDS data dir "
-                     "(mnist, cifar10)") -> None:
+def add_common_flags(
+    parser: argparse.ArgumentParser,
+    *,
+    outdir: str,
+    datasets: Sequence[str] = DATASETS,
+    data_dir_help: str = "TFDS data dir (mnist, cifar10)",
+) -> None:
     """Flags every example takes: data, output directory, --quick, --verbose."""
-    parser.add_argument("--dataset", default=datasets[0], choices=datasets,
-                        help="'digits' is embedded (offline); mnist/cifar10 must be prepared as "
-                             "TFDS array_record in --data-dir")
+    parser.add_argument(
+        "--dataset",
+        default=datasets[0],
+        choices=datasets,
+        help="'digits' is embedded (offline); mnist/cifar10 must be prepared as "
+        "TFDS array_record in --data-dir",
+    )
     parser.add_argument("--data-dir", default=None, help=data_dir_help)
     parser.add_argument("--cache-dir", default=None, help="where the digits dataset is prepared")
-    parser.add_argument("--outdir", "--workdir", dest="outdir", default=outdir,
-                        help="where runs, the table and the PNG go")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: tiny epochs, one seed (< 30 s)")
+    parser.add_argument(
+        "--outdir",
+        "--workdir",
+        dest="outdir",
+        default=outdir,
+        help="where runs, the table and the PNG go",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: tiny epochs, one seed (< 30 s)"
+    )
     parser.add_argument("--verbose", action="store_true", help="print every epoch of every run")
 
 
 def base_config(args: argparse.Namespace, **overrides: Any) -> Config:
     """A Config with the example's data flags and `overrides`."""
-    return Config(dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
-                  **overrides)
+    return Config(
+        dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, **overrides
+    )
 
 
 def build_data(config: Config, *, test_split: bool = True):
@@ -73,10 +88,17 @@ def build_data(config: Config, *, test_split: bool = True):
     from train import data as data_lib
 
     data = data_lib.build_input(
-        dataset=config.dataset, data_dir=config.data_dir, batch_size=config.batch_size,
-        eval_batch_size=config.eval_batch_size, val_fraction=config.val_fraction,
-        imbalance=config.imbalance, augment=config.augment, image_size=config.image_size,
-        seed=config.seed, cache_dir=config.cache_dir)
+        dataset=config.dataset,
+        data_dir=config.data_dir,
+        batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size,
+        val_fraction=config.val_fraction,
+        imbalance=config.imbalance,
+        augment=config.augment,
+        image_size=config.image_size,
+        seed=config.seed,
+        cache_dir=config.cache_dir,
+    )
     if not test_split or data.test_size > 0:
         return data
     pool, idx = data.splits["val"]
@@ -95,8 +117,9 @@ def run(config: Config, workdir: str, data, *, verbose: bool = False) -> dict[st
 
     if os.path.exists(workdir):
         shutil.rmtree(workdir)
-    return train_lib.train_and_evaluate(config, workdir, data=data,
-                                        log=print if verbose else (lambda _: None))
+    return train_lib.train_and_evaluate(
+        config, workdir, data=data, log=print if verbose else (lambda _: None)
+    )
 
 
 def history(workdir: str) -> list[dict[str, Any]]:
@@ -111,14 +134,21 @@ def _eval_fn(loss_name: str, num_classes: int, gamma: float, alpha, smoothing, s
 
     from train import losses, train_lib
 
-    loss_fn = losses.create_loss(loss_name, num_classes=num_classes, focal_gamma=gamma,
-                                 focal_alpha=alpha, label_smoothing=smoothing,
-                                 smoothing_spread=spread, f1_epsilon=eps)
+    loss_fn = losses.create_loss(
+        loss_name,
+        num_classes=num_classes,
+        focal_gamma=gamma,
+        focal_alpha=alpha,
+        label_smoothing=smoothing,
+        smoothing_spread=spread,
+        f1_epsilon=eps,
+    )
     return jax.jit(functools.partial(train_lib.eval_step, loss_fn=loss_fn))
 
 
-def evaluate_checkpoint(config: Config, workdir: str, data, kind: str = "latest",
-                        split: str = "test") -> tuple[int, dict[str, Any]]:
+def evaluate_checkpoint(
+    config: Config, workdir: str, data, kind: str = "latest", split: str = "test"
+) -> tuple[int, dict[str, Any]]:
     """Restores the `kind` checkpoint ("latest", "best_loss", "best_f1") of a finished run and
     evaluates it on `split`; returns `(epoch, metrics)` with `metrics` as `train.metrics.summarize`
     (keys `loss, accuracy, f1, recall, count`)."""
@@ -126,9 +156,12 @@ def evaluate_checkpoint(config: Config, workdir: str, data, kind: str = "latest"
 
     from train import checkpoints, metrics, train_lib
 
-    target = train_lib.create_train_state(config, num_classes=data.num_classes,
-                                          image_shape=data.image_shape,
-                                          key=jax.random.key(config.seed, impl="rbg"))
+    target = train_lib.create_train_state(
+        config,
+        num_classes=data.num_classes,
+        image_shape=data.image_shape,
+        key=jax.random.key(config.seed, impl="rbg"),
+    )
     ckpt = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"))
     try:
         if kind == "latest":
@@ -139,8 +172,15 @@ def evaluate_checkpoint(config: Config, workdir: str, data, kind: str = "latest"
             state = ckpt.restore_best(kind, target)
     finally:
         ckpt.close()
-    eval_fn = _eval_fn(config.loss, data.num_classes, config.focal_gamma, config.focal_alpha,
-                       config.label_smoothing, config.smoothing_spread, config.f1_epsilon)
+    eval_fn = _eval_fn(
+        config.loss,
+        data.num_classes,
+        config.focal_gamma,
+        config.focal_alpha,
+        config.label_smoothing,
+        config.smoothing_spread,
+        config.f1_epsilon,
+    )
     totals = train_lib.evaluate(eval_fn, state, data.eval_batches(split), data.num_classes)
     return int(epoch), metrics.summarize(jax.device_get(totals))
 
@@ -175,8 +215,9 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
-def write_outputs(outdir: str, name: str, *, title: str, table: str, notes: Sequence[str],
-                  results: Any) -> str:
+def write_outputs(
+    outdir: str, name: str, *, title: str, table: str, notes: Sequence[str], results: Any
+) -> str:
     """Writes `outdir/name.md` (title, table, notes) and `outdir/name.json`; returns the md path."""
     os.makedirs(outdir, exist_ok=True)
     md = os.path.join(outdir, f"{name}.md")

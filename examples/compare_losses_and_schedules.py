@@ -43,8 +43,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     C.add_common_flags(p, outdir="runs/examples/compare_losses_and_schedules")
     p.add_argument("--epochs", type=int, default=15, help="epochs of every run")
-    p.add_argument("--accum", default="1,4",
-                   help="comma-separated accumulation steps to compare (1 = none)")
+    p.add_argument(
+        "--accum", default="1,4", help="comma-separated accumulation steps to compare (1 = none)"
+    )
     p.add_argument("--model", default="lenet", help="a train.models name")
     p.add_argument("--seed", type=int, default=0, help="seed of every run")
     return p.parse_args(argv)
@@ -58,10 +59,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
         losses = {"CE": LOSSES["CE"]}
         schedules = {k: v for k, v in SCHEDULES.items() if k != "cosine"}
         accums = accums[:2]
-    common = dict(model=args.model, width=6, optimizer="adam", lr=1e-3, batch_size=32,
-                  augment=False, val_fraction=0.4, plot=False, seed=args.seed,
-                  epochs=3 if args.quick else args.epochs,
-                  limit_train_batches=4 if args.quick else None)
+    common = dict(
+        model=args.model,
+        width=6,
+        optimizer="adam",
+        lr=1e-3,
+        batch_size=32,
+        augment=False,
+        val_fraction=0.4,
+        plot=False,
+        seed=args.seed,
+        epochs=3 if args.quick else args.epochs,
+        limit_train_batches=4 if args.quick else None,
+    )
     results, total = [], 0.0
     for loss_name, loss_kw in losses.items():
         for sched_name, sched_kw in schedules.items():
@@ -72,29 +82,57 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 _, seconds = C.timed(lambda: C.run(config, workdir, data, verbose=args.verbose))
                 total += seconds
                 hist = C.history(workdir)
-                row = dict(loss=loss_name, schedule=sched_name, accum=accum,
-                           lr=[r["lr"] for r in hist], val_f1=[r["val_f1"] for r in hist],
-                           final_val_accuracy=hist[-1]["val_accuracy"], seconds=round(seconds, 1))
+                row = dict(
+                    loss=loss_name,
+                    schedule=sched_name,
+                    accum=accum,
+                    lr=[r["lr"] for r in hist],
+                    val_f1=[r["val_f1"] for r in hist],
+                    final_val_accuracy=hist[-1]["val_accuracy"],
+                    seconds=round(seconds, 1),
+                )
                 for kind in ("best_loss", "best_f1"):
                     epoch, test = C.evaluate_checkpoint(config, workdir, data, kind, "test")
                     rec = hist[epoch - 1]
-                    row[kind] = dict(epoch=epoch, val_loss=rec["val_loss"], val_f1=rec["val_f1"],
-                                     test_accuracy=test["accuracy"], test_f1=test["f1"])
+                    row[kind] = dict(
+                        epoch=epoch,
+                        val_loss=rec["val_loss"],
+                        val_f1=rec["val_f1"],
+                        test_accuracy=test["accuracy"],
+                        test_f1=test["f1"],
+                    )
                 results.append(row)
-                print(f"{loss_name:20s} {sched_name:16s} accum {accum}: best-loss epoch "
-                      f"{row['best_loss']['epoch']} test F1 {row['best_loss']['test_f1']:.4f} | "
-                      f"best-F1 epoch {row['best_f1']['epoch']} test F1 "
-                      f"{row['best_f1']['test_f1']:.4f} ({seconds:.1f}s)", flush=True)
+                print(
+                    f"{loss_name:20s} {sched_name:16s} accum {accum}: best-loss epoch "
+                    f"{row['best_loss']['epoch']} test F1 {row['best_loss']['test_f1']:.4f} | "
+                    f"best-F1 epoch {row['best_f1']['epoch']} test F1 "
+                    f"{row['best_f1']['test_f1']:.4f} ({seconds:.1f}s)",
+                    flush=True,
+                )
 
-    headers = ["loss", "schedule", "accum", "final val acc %", "best-loss: epoch (val loss)",
-               "best-loss: test acc / F1 %", "best-F1: epoch (val F1 %)",
-               "best-F1: test acc / F1 %"]
-    rows = [[r["loss"], r["schedule"], r["accum"], f"{100 * r['final_val_accuracy']:.1f}",
-             f"{r['best_loss']['epoch']} ({r['best_loss']['val_loss']:.3f})",
-             f"{100 * r['best_loss']['test_accuracy']:.1f} / {100 * r['best_loss']['test_f1']:.1f}",
-             f"{r['best_f1']['epoch']} ({100 * r['best_f1']['val_f1']:.1f})",
-             f"{100 * r['best_f1']['test_accuracy']:.1f} / {100 * r['best_f1']['test_f1']:.1f}"]
-            for r in results]
+    headers = [
+        "loss",
+        "schedule",
+        "accum",
+        "final val acc %",
+        "best-loss: epoch (val loss)",
+        "best-loss: test acc / F1 %",
+        "best-F1: epoch (val F1 %)",
+        "best-F1: test acc / F1 %",
+    ]
+    rows = [
+        [
+            r["loss"],
+            r["schedule"],
+            r["accum"],
+            f"{100 * r['final_val_accuracy']:.1f}",
+            f"{r['best_loss']['epoch']} ({r['best_loss']['val_loss']:.3f})",
+            f"{100 * r['best_loss']['test_accuracy']:.1f} / {100 * r['best_loss']['test_f1']:.1f}",
+            f"{r['best_f1']['epoch']} ({100 * r['best_f1']['val_f1']:.1f})",
+            f"{100 * r['best_f1']['test_accuracy']:.1f} / {100 * r['best_f1']['test_f1']:.1f}",
+        ]
+        for r in results
+    ]
     table = C.markdown_table(headers, rows)
     diff = [r["best_f1"]["test_f1"] - r["best_loss"]["test_f1"] for r in results]
     same = sum(r["best_f1"]["epoch"] == r["best_loss"]["epoch"] for r in results)
@@ -107,8 +145,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"Training time of all runs: {total:.0f} s.",
     ]
     title = f"Losses x LR schedules x gradient accumulation ({args.dataset})"
-    md = C.write_outputs(args.outdir, "compare_losses_and_schedules", title=title, table=table,
-                         notes=notes, results=dict(args=vars(args), results=results))
+    md = C.write_outputs(
+        args.outdir,
+        "compare_losses_and_schedules",
+        title=title,
+        table=table,
+        notes=notes,
+        results=dict(args=vars(args), results=results),
+    )
     png = plot(results, os.path.join(args.outdir, "compare_losses_and_schedules.png"), title)
     print(f"\n{table}\n")
     print(f"wrote {md}, {png}")
@@ -119,8 +163,9 @@ def plot(results: list[dict], path: str, title: str) -> str:
     """Top row: LR per epoch for each schedule; bottom row: validation macro-F1 per epoch."""
     plt = C.pyplot()
     scheds = list(dict.fromkeys(r["schedule"] for r in results))
-    fig, axes = plt.subplots(2, len(scheds), figsize=(12, 6), constrained_layout=True,
-                             squeeze=False, sharex=True)
+    fig, axes = plt.subplots(
+        2, len(scheds), figsize=(12, 6), constrained_layout=True, squeeze=False, sharex=True
+    )
     colors = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(r["loss"] for r in results))}
     for j, sched in enumerate(scheds):
         for r in results:

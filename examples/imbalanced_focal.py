@@ -35,8 +35,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=100.0, help="focal alpha on the cut class")
     p.add_argument("--gamma", type=float, default=2.0, help="focal gamma")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="default 30 on digits (1,437 images), 5 on mnist/cifar10 (the post)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="default 30 on digits (1,437 images), 5 on mnist/cifar10 (the post)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="default 32 digits, 128 otherwise")
     p.add_argument("--model", default="lenet", help="a train.models name")
     return p.parse_args(argv)
@@ -49,12 +53,18 @@ def settings(args: argparse.Namespace, num_classes: int) -> list[tuple[str, dict
     return [
         ("CE, balanced", dict(loss="ce")),
         ("CE, cut", dict(loss="ce", imbalance=cut)),
-        (f"focal γ={args.gamma:g} α={args.alpha:g}, cut",
-         dict(loss="focal", focal_gamma=args.gamma, focal_alpha=alpha, imbalance=cut)),
-        (f"weighted CE α={args.alpha:g}, cut",
-         dict(loss="focal", focal_gamma=0.0, focal_alpha=alpha, imbalance=cut)),
-        ("label smoothing 0.1, cut",
-         dict(loss="label_smoothing", label_smoothing=0.1, imbalance=cut)),
+        (
+            f"focal γ={args.gamma:g} α={args.alpha:g}, cut",
+            dict(loss="focal", focal_gamma=args.gamma, focal_alpha=alpha, imbalance=cut),
+        ),
+        (
+            f"weighted CE α={args.alpha:g}, cut",
+            dict(loss="focal", focal_gamma=0.0, focal_alpha=alpha, imbalance=cut),
+        ),
+        (
+            "label smoothing 0.1, cut",
+            dict(loss="label_smoothing", label_smoothing=0.1, imbalance=cut),
+        ),
     ]
 
 
@@ -64,10 +74,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     epochs = args.epochs or (30 if digits else 5)
     batch = args.batch_size or (32 if digits else 128)
     seeds = 1 if args.quick else args.seeds
-    common = dict(model=args.model, width=6, optimizer="adam", lr=1e-3, schedule="constant",
-                  epochs=2 if args.quick else epochs, batch_size=batch, augment=False,
-                  val_fraction=0.4 if digits else 0.1, plot=False,
-                  limit_train_batches=5 if args.quick else None)
+    common = dict(
+        model=args.model,
+        width=6,
+        optimizer="adam",
+        lr=1e-3,
+        schedule="constant",
+        epochs=2 if args.quick else epochs,
+        batch_size=batch,
+        augment=False,
+        val_fraction=0.4 if digits else 0.1,
+        plot=False,
+        limit_train_batches=5 if args.quick else None,
+    )
     num_classes = 10
     results = []
     total = 0.0
@@ -83,21 +102,42 @@ def main(argv: Sequence[str] | None = None) -> dict:
             _, seconds = C.timed(lambda: C.run(config, workdir, data, verbose=args.verbose))
             epoch, m = C.evaluate_checkpoint(config, workdir, data, "latest", "test")
             total += seconds
-            per_seed.append(dict(seed=seed, epoch=epoch, accuracy=m["accuracy"], f1=m["f1"],
-                                 recall_cut=m["recall"][args.cut_class],
-                                 train_size=data.train_size, test_size=data.test_size,
-                                 seconds=round(seconds, 1)))
-            print(f"{label:32s} seed {seed}: acc {m['accuracy']:.4f} recall[{args.cut_class}] "
-                  f"{m['recall'][args.cut_class]:.4f} macro-F1 {m['f1']:.4f} ({seconds:.1f}s)",
-                  flush=True)
+            per_seed.append(
+                dict(
+                    seed=seed,
+                    epoch=epoch,
+                    accuracy=m["accuracy"],
+                    f1=m["f1"],
+                    recall_cut=m["recall"][args.cut_class],
+                    train_size=data.train_size,
+                    test_size=data.test_size,
+                    seconds=round(seconds, 1),
+                )
+            )
+            print(
+                f"{label:32s} seed {seed}: acc {m['accuracy']:.4f} recall[{args.cut_class}] "
+                f"{m['recall'][args.cut_class]:.4f} macro-F1 {m['f1']:.4f} ({seconds:.1f}s)",
+                flush=True,
+            )
         results.append(dict(setting=label, runs=per_seed))
 
-    headers = ["setting", "train images", "accuracy %", f"recall of class {args.cut_class} %",
-               "macro-F1 %"]
-    rows = [[r["setting"], r["runs"][0]["train_size"],
-             C.pm([x["accuracy"] for x in r["runs"]]),
-             C.pm([x["recall_cut"] for x in r["runs"]]),
-             C.pm([x["f1"] for x in r["runs"]])] for r in results]
+    headers = [
+        "setting",
+        "train images",
+        "accuracy %",
+        f"recall of class {args.cut_class} %",
+        "macro-F1 %",
+    ]
+    rows = [
+        [
+            r["setting"],
+            r["runs"][0]["train_size"],
+            C.pm([x["accuracy"] for x in r["runs"]]),
+            C.pm([x["recall_cut"] for x in r["runs"]]),
+            C.pm([x["f1"] for x in r["runs"]]),
+        ]
+        for r in results
+    ]
     table = C.markdown_table(headers, rows)
     test_size = results[0]["runs"][0]["test_size"]
     notes = [
@@ -110,8 +150,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"Training time of all runs: {total:.0f} s.",
     ]
     title = f"Class {args.cut_class} cut to {args.fraction:g}: CE vs focal loss ({args.dataset})"
-    md = C.write_outputs(args.outdir, "imbalanced_focal", title=title, table=table, notes=notes,
-                         results=dict(args=vars(args), results=results))
+    md = C.write_outputs(
+        args.outdir,
+        "imbalanced_focal",
+        title=title,
+        table=table,
+        notes=notes,
+        results=dict(args=vars(args), results=results),
+    )
     png = plot(results, os.path.join(args.outdir, "imbalanced_focal.png"), args.cut_class, title)
     print(f"\n{table}\n")
     print(f"wrote {md}, {png}")
@@ -123,15 +169,24 @@ def plot(results: list[dict], path: str, cut_class: int, title: str) -> str:
     import numpy as np
 
     plt = C.pyplot()
-    metrics = [("accuracy", "accuracy"), ("recall_cut", f"recall of class {cut_class}"),
-               ("f1", "macro-F1")]
+    metrics = [
+        ("accuracy", "accuracy"),
+        ("recall_cut", f"recall of class {cut_class}"),
+        ("f1", "macro-F1"),
+    ]
     x = np.arange(len(results))
     width = 0.8 / len(metrics)
     fig, ax = plt.subplots(figsize=(9, 4.2), constrained_layout=True)
     for i, (key, name) in enumerate(metrics):
         stats = [C.mean_std([r[key] for r in res["runs"]]) for res in results]
-        ax.bar(x + (i - 1) * width, [100 * m for m, _ in stats], width,
-               yerr=[100 * s for _, s in stats], capsize=3, label=name)
+        ax.bar(
+            x + (i - 1) * width,
+            [100 * m for m, _ in stats],
+            width,
+            yerr=[100 * s for _, s in stats],
+            capsize=3,
+            label=name,
+        )
     ax.set_xticks(x, [r["setting"] for r in results], rotation=15, fontsize=8)
     ax.set_ylabel("% on the test split")
     ax.set_ylim(0, 105)

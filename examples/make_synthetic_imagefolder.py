@@ -39,8 +39,9 @@ def make_image(rng: np.random.Generator, cls: str, size: int) -> Image.Image:
     return image
 
 
-def make_imagefolder(root: str, *, train: int = 200, val: int = 50, size: int = 64,
-                     seed: int = 0) -> str:
+def make_imagefolder(
+    root: str, *, train: int = 200, val: int = 50, size: int = 64, seed: int = 0
+) -> str:
     """Writes `train` and `val` images per class under `root`; returns `root`.
 
     Examples:
@@ -67,8 +68,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     args = p.parse_args(argv)
-    root = make_imagefolder(args.root, train=args.train, val=args.val, size=args.size,
-                            seed=args.seed)
+    root = make_imagefolder(
+        args.root, train=args.train, val=args.val, size=args.size, seed=args.seed
+    )
     print(f"wrote {2 * (args.train + args.val)} images to {root}")
     return root
 

@@ -39,8 +39,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=20, help="epochs of every run")
     p.add_argument("--width", type=int, default=8, help="ResNet-18 base width (64 in the post)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (0, 1, ...)")
-    p.add_argument("--model", default="resnet18_cifar",
-                   help="model of the non-dropout rows (--quick: lenet, which compiles fast)")
+    p.add_argument(
+        "--model",
+        default="resnet18_cifar",
+        help="model of the non-dropout rows (--quick: lenet, which compiles fast)",
+    )
     return p.parse_args(argv)
 
 
@@ -56,8 +59,13 @@ def register_no_dropout_cnn() -> str:
             self.dropout = nnx.Dropout(0.0)  # rate 0: the identity
 
     def build(*, num_classes, image_shape, width=None, dtype, rngs):
-        return SmallCNNNoDropout(num_classes=num_classes, image_shape=image_shape,
-                                 width=6 if width is None else width, dtype=dtype, rngs=rngs)
+        return SmallCNNNoDropout(
+            num_classes=num_classes,
+            image_shape=image_shape,
+            width=6 if width is None else width,
+            dtype=dtype,
+            rngs=rngs,
+        )
 
     models.MODELS.setdefault("small_cnn_no_dropout", build)
     return "small_cnn_no_dropout"
@@ -65,8 +73,9 @@ def register_no_dropout_cnn() -> str:
 
 def settings(args: argparse.Namespace) -> list[tuple[str, dict]]:
     """`(label, Config overrides)` of the training runs."""
-    resnet = dict(model="lenet", width=6) if args.quick else dict(model=args.model,
-                                                                    width=args.width)
+    resnet = (
+        dict(model="lenet", width=6) if args.quick else dict(model=args.model, width=args.width)
+    )
     cnn = dict(width=6, image_size=16 if args.dataset == "digits" else None)
     return [
         ("baseline", dict(**resnet)),
@@ -94,9 +103,17 @@ def stop_epoch(hist: list[dict], patience: int) -> int | None:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     seeds = 1 if args.quick else args.seeds
-    common = dict(optimizer="adam", lr=1e-3, schedule="constant", batch_size=32, augment=False,
-                  val_fraction=0.4, plot=False, epochs=2 if args.quick else args.epochs,
-                  limit_train_batches=4 if args.quick else None)
+    common = dict(
+        optimizer="adam",
+        lr=1e-3,
+        schedule="constant",
+        batch_size=32,
+        augment=False,
+        val_fraction=0.4,
+        plot=False,
+        epochs=2 if args.quick else args.epochs,
+        limit_train_batches=4 if args.quick else None,
+    )
     results, total = [], 0.0
     runs_to_do = settings(args)
     if args.quick:  # a smoke run: baseline (LeNet) and the dropout pair, three compilations
@@ -112,30 +129,51 @@ def main(argv: Sequence[str] | None = None) -> dict:
             hist = C.history(workdir)
             final_epoch, final = C.evaluate_checkpoint(config, workdir, data, "latest", "test")
             best_epoch, best = C.evaluate_checkpoint(config, workdir, data, "best_loss", "test")
-            runs.append(dict(seed=seed, test_acc_final=final["accuracy"],
-                             test_acc_best_loss=best["accuracy"], best_loss_epoch=best_epoch,
-                             final_epoch=final_epoch, stop_epoch=stop_epoch(hist, PATIENCE),
-                             train_loss=[r["train_loss"] for r in hist],
-                             val_loss=[r["val_loss"] for r in hist],
-                             val_accuracy=[r["val_accuracy"] for r in hist],
-                             seconds=round(seconds, 1)))
-            print(f"{label:28s} seed {seed}: test acc final {final['accuracy']:.4f} "
-                  f"best-val-loss (epoch {best_epoch}) {best['accuracy']:.4f} ({seconds:.1f}s)",
-                  flush=True)
+            runs.append(
+                dict(
+                    seed=seed,
+                    test_acc_final=final["accuracy"],
+                    test_acc_best_loss=best["accuracy"],
+                    best_loss_epoch=best_epoch,
+                    final_epoch=final_epoch,
+                    stop_epoch=stop_epoch(hist, PATIENCE),
+                    train_loss=[r["train_loss"] for r in hist],
+                    val_loss=[r["val_loss"] for r in hist],
+                    val_accuracy=[r["val_accuracy"] for r in hist],
+                    seconds=round(seconds, 1),
+                )
+            )
+            print(
+                f"{label:28s} seed {seed}: test acc final {final['accuracy']:.4f} "
+                f"best-val-loss (epoch {best_epoch}) {best['accuracy']:.4f} ({seconds:.1f}s)",
+                flush=True,
+            )
         results.append(dict(setting=label, model=config.model, runs=runs))
 
     rows = []
     for r in results:
         runs = r["runs"]
-        rows.append([r["setting"], r["model"], C.pm([x["test_acc_final"] for x in runs]),
-                     C.pm([x["test_acc_best_loss"] for x in runs]),
-                     ", ".join(str(x["best_loss_epoch"]) for x in runs),
-                     ", ".join(str(x["stop_epoch"] or "-") for x in runs),
-                     f"{C.mean_std([x['train_loss'][-1] for x in runs])[0]:.3f} / "
-                     f"{C.mean_std([x['val_loss'][-1] for x in runs])[0]:.3f}"])
-    headers = ["setting", "model", "test acc, final epoch %", "test acc, best val loss %",
-               "best val-loss epoch", f"stop epoch (patience {PATIENCE})",
-               "final train / val loss"]
+        rows.append(
+            [
+                r["setting"],
+                r["model"],
+                C.pm([x["test_acc_final"] for x in runs]),
+                C.pm([x["test_acc_best_loss"] for x in runs]),
+                ", ".join(str(x["best_loss_epoch"]) for x in runs),
+                ", ".join(str(x["stop_epoch"] or "-") for x in runs),
+                f"{C.mean_std([x['train_loss'][-1] for x in runs])[0]:.3f} / "
+                f"{C.mean_std([x['val_loss'][-1] for x in runs])[0]:.3f}",
+            ]
+        )
+    headers = [
+        "setting",
+        "model",
+        "test acc, final epoch %",
+        "test acc, best val loss %",
+        "best val-loss epoch",
+        f"stop epoch (patience {PATIENCE})",
+        "final train / val loss",
+    ]
     table = C.markdown_table(headers, rows)
     base = results[0]["runs"]
     notes = [
@@ -143,16 +181,25 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"{C.pm([x['test_acc_best_loss'] for x in base])}% vs "
         f"{C.pm([x['test_acc_final'] for x in base])}% with the final weights.",
         f"{args.dataset}, {common['epochs']} epochs, Adam 1e-3, batch 32, no augmentation; "
-        + ("60/20/20 train/val/test split of the 1,797 digits" if args.dataset == "digits"
-           else "train split 60/40 into train/val, the dataset's test split")
+        + (
+            "60/20/20 train/val/test split of the 1,797 digits"
+            if args.dataset == "digits"
+            else "train split 60/40 into train/val, the dataset's test split"
+        )
         + f"; mean ± sample std over {seeds} seed(s).",
         "Loss columns are each run's own training loss (DisturbLabel: on the disturbed labels; "
         "label smoothing: the smoothed loss), so compare them within a row, not across rows.",
         f"Training time of all runs: {total:.0f} s.",
     ]
     title = f"Regularisation against overfitting ({args.dataset})"
-    md = C.write_outputs(args.outdir, "regularization", title=title, table=table, notes=notes,
-                         results=dict(args=vars(args), results=results))
+    md = C.write_outputs(
+        args.outdir,
+        "regularization",
+        title=title,
+        table=table,
+        notes=notes,
+        results=dict(args=vars(args), results=results),
+    )
     png = plot(results, os.path.join(args.outdir, "regularization.png"), title)
     print(f"\n{table}\n")
     print(f"wrote {md}, {png}")
@@ -164,16 +211,20 @@ def plot(results: list[dict], path: str, title: str) -> str:
     plt = C.pyplot()
     n = len(results)
     cols = 3
-    fig, axes = plt.subplots(-(-n // cols), cols, figsize=(11, 6), constrained_layout=True,
-                             sharex=True)
+    fig, axes = plt.subplots(
+        -(-n // cols), cols, figsize=(11, 6), constrained_layout=True, sharex=True
+    )
     for ax, r in zip(axes.flat, results):
         run = r["runs"][0]
         epochs = range(1, len(run["train_loss"]) + 1)
         ax.plot(epochs, run["train_loss"], label="train")
         ax.plot(epochs, run["val_loss"], "--", label="val")
         ax.axvline(run["best_loss_epoch"], color="grey", lw=0.8, ls=":")
-        ax.set_title(f"{r['setting']}\ntest {100 * run['test_acc_final']:.1f}% final, "
-                     f"{100 * run['test_acc_best_loss']:.1f}% best-val", fontsize=8)
+        ax.set_title(
+            f"{r['setting']}\ntest {100 * run['test_acc_final']:.1f}% final, "
+            f"{100 * run['test_acc_best_loss']:.1f}% best-val",
+            fontsize=8,
+        )
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)

@@ -6,37 +6,43 @@ import jax
 import jax.numpy as jnp
 
 
-def mask_labels(labels: jax.Array, num_classes: int, ignore_index: int | None
-                ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Splits labels into ``(safe, counted, out_of_range)`` boolean masks, shape preserved.
+def mask_labels(
+    labels: jax.Array, num_classes: int, ignore_index: int | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Splits labels into ``(safe, counted, out_of_range)`` boolean masks, shape preserved.
 
-  ``safe`` holds a valid class index everywhere (0 where the label is ignored or out of range), so
-  gathers never clamp or wrap; ``counted`` marks examples that contribute to the loss;
-  ``out_of_range`` marks labels that are neither in ``[0, num_classes)`` nor ``ignore_index``.
-  """
-  in_range = (labels >= 0) & (labels < num_classes)
-  ignored = (labels == ignore_index) if ignore_index is not None else jnp.zeros_like(in_range)
-  counted = in_range & ~ignored
-  safe = jnp.where(counted, labels, 0)
-  return safe, counted, ~in_range & ~ignored
+    ``safe`` holds a valid class index everywhere (0 where the label is ignored or out of range), so
+    gathers never clamp or wrap; ``counted`` marks examples that contribute to the loss;
+    ``out_of_range`` marks labels that are neither in ``[0, num_classes)`` nor ``ignore_index``.
+    """
+    in_range = (labels >= 0) & (labels < num_classes)
+    ignored = (labels == ignore_index) if ignore_index is not None else jnp.zeros_like(in_range)
+    counted = in_range & ~ignored
+    safe = jnp.where(counted, labels, 0)
+    return safe, counted, ~in_range & ~ignored
 
 
-def finish(per_example: jax.Array, counted: jax.Array, out_of_range: jax.Array,
-           example_weight: jax.Array | None, reduction: str) -> jax.Array:
-  """Zeroes ignored examples, turns out-of-range ones into NaN, then reduces as torch does.
+def finish(
+    per_example: jax.Array,
+    counted: jax.Array,
+    out_of_range: jax.Array,
+    example_weight: jax.Array | None,
+    reduction: str,
+) -> jax.Array:
+    """Zeroes ignored examples, turns out-of-range ones into NaN, then reduces as torch does.
 
-  ``"mean"`` divides by the sum of ``example_weight`` over counted examples (torch NLL semantics with
-  class weights) or by the number of counted examples; an all-ignored batch gives ``0 / 0 = NaN``,
-  as in torch.
-  """
-  losses = jnp.where(counted, per_example, 0)
-  losses = jnp.where(out_of_range, jnp.nan, losses)
-  if reduction == "none":
-    return losses
-  total = jnp.sum(losses)
-  if reduction == "sum":
-    return total
-  weights = counted.astype(losses.dtype)
-  if example_weight is not None:
-    weights = jnp.where(counted, example_weight, 0).astype(losses.dtype)
-  return total / jnp.sum(weights)
+    ``"mean"`` divides by the sum of ``example_weight`` over counted examples (torch NLL semantics with
+    class weights) or by the number of counted examples; an all-ignored batch gives ``0 / 0 = NaN``,
+    as in torch.
+    """
+    losses = jnp.where(counted, per_example, 0)
+    losses = jnp.where(out_of_range, jnp.nan, losses)
+    if reduction == "none":
+        return losses
+    total = jnp.sum(losses)
+    if reduction == "sum":
+        return total
+    weights = counted.astype(losses.dtype)
+    if example_weight is not None:
+        weights = jnp.where(counted, example_weight, 0).astype(losses.dtype)
+    return total / jnp.sum(weights)

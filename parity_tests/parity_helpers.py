@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,14 +22,15 @@ REDUCTIONS = ("mean", "sum", "none")
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-  """A random classification batch: logits ``(*lead, C)`` (float64) and labels ``lead``."""
-  logits: np.ndarray
-  labels: np.ndarray
-  rng: np.random.Generator
+    """A random classification batch: logits ``(*lead, C)`` (float64) and labels ``lead``."""
 
-  @property
-  def num_classes(self) -> int:
-    return self.logits.shape[-1]
+    logits: np.ndarray
+    labels: np.ndarray
+    rng: np.random.Generator
+
+    @property
+    def num_classes(self) -> int:
+        return self.logits.shape[-1]
 
 
 # Shapes come from a menu so that compiled programs are reused across examples (each new shape is
@@ -40,49 +41,58 @@ NUM_CLASSES = (2, 3, 7, 12)
 
 @st.composite
 def cases(draw, *, scale: float = 4.0) -> Case:
-  """Batch shapes from one example upwards, 1-3 leading axes, 2..12 classes."""
-  lead = draw(st.sampled_from(LEAD_SHAPES))
-  num_classes = draw(st.sampled_from(NUM_CLASSES))
-  seed = draw(st.integers(0, 2**32 - 1))
-  rng = np.random.default_rng(seed)
-  logits = rng.normal(size=lead + (num_classes,)) * draw(st.sampled_from([0.1, 1.0, scale]))
-  labels = rng.integers(0, num_classes, size=lead)
-  return Case(logits, labels, rng)
+    """Batch shapes from one example upwards, 1-3 leading axes, 2..12 classes."""
+    lead = draw(st.sampled_from(LEAD_SHAPES))
+    num_classes = draw(st.sampled_from(NUM_CLASSES))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=lead + (num_classes,)) * draw(st.sampled_from([0.1, 1.0, scale]))
+    labels = rng.integers(0, num_classes, size=lead)
+    return Case(logits, labels, rng)
 
 
 gammas = st.sampled_from([0.0, 0.5, 1.0, 2.0]) | st.floats(0.0, 5.0)
 
 
 def to_torch(x: np.ndarray, dtype) -> torch.Tensor:
-  return torch.tensor(np.asarray(x), dtype=torch.float64 if dtype == np.float64 else torch.float32)
+    return torch.tensor(
+        np.asarray(x), dtype=torch.float64 if dtype == np.float64 else torch.float32
+    )
 
 
-def assert_parity(jax_fn: Callable[[jax.Array], jax.Array],
-                  torch_fn: Callable[[torch.Tensor], torch.Tensor],
-                  x: np.ndarray, dtype, *, tolerances: dict | None = None) -> None:
-  """Asserts equal values and equal gradients w.r.t. ``x`` (a random cotangent for vector outputs).
+def assert_parity(
+    jax_fn: Callable[[jax.Array], jax.Array],
+    torch_fn: Callable[[torch.Tensor], torch.Tensor],
+    x: np.ndarray,
+    dtype,
+    *,
+    tolerances: dict | None = None,
+) -> None:
+    """Asserts equal values and equal gradients w.r.t. ``x`` (a random cotangent for vector outputs).
 
-  ``jax_fn`` receives ``x`` with its own shape; ``torch_fn`` receives the same data as a tensor and
-  must return the same shape as ``jax_fn``.
-  """
-  tol = tolerances or TOLERANCES[dtype]
-  with jax.enable_x64(dtype == np.float64):
-    jx = jnp.asarray(x, dtype)
-    out, vjp = jax.vjp(jax_fn, jx)
-    cotangent = np.random.default_rng(0).normal(size=out.shape).astype(dtype)
-    (grad,) = vjp(jnp.asarray(cotangent, out.dtype))
-    out, grad = np.asarray(out), np.asarray(grad)
-  tx = to_torch(x, dtype).requires_grad_(True)
-  tout = torch_fn(tx)
-  (tout * to_torch(cotangent, dtype)).sum().backward()
-  assert out.dtype == dtype and grad.dtype == dtype
-  np.testing.assert_allclose(out, tout.detach().numpy(), **tol, err_msg="values differ")
-  np.testing.assert_allclose(grad, tx.grad.numpy(), **tol, err_msg="gradients differ")
+    ``jax_fn`` receives ``x`` with its own shape; ``torch_fn`` receives the same data as a tensor and
+    must return the same shape as ``jax_fn``.
+    """
+    tol = tolerances or TOLERANCES[dtype]
+    with jax.enable_x64(dtype == np.float64):
+        jx = jnp.asarray(x, dtype)
+        out, vjp = jax.vjp(jax_fn, jx)
+        cotangent = np.random.default_rng(0).normal(size=out.shape).astype(dtype)
+        (grad,) = vjp(jnp.asarray(cotangent, out.dtype))
+        out, grad = np.asarray(out), np.asarray(grad)
+    tx = to_torch(x, dtype).requires_grad_(True)
+    tout = torch_fn(tx)
+    (tout * to_torch(cotangent, dtype)).sum().backward()
+    assert out.dtype == dtype and grad.dtype == dtype
+    np.testing.assert_allclose(out, tout.detach().numpy(), **tol, err_msg="values differ")
+    np.testing.assert_allclose(grad, tx.grad.numpy(), **tol, err_msg="gradients differ")
 
 
 def flat(fn: Callable, num_classes: int, lead: tuple[int, ...], reduction: str) -> Callable:
-  """Wraps a torch loss over ``(N, C)`` so it takes ``(*lead, C)`` and returns jax's output shape."""
-  def wrapped(t: torch.Tensor) -> torch.Tensor:
-    out = fn(t.reshape(-1, num_classes))
-    return out.reshape(lead) if reduction == "none" else out
-  return wrapped
+    """Wraps a torch loss over ``(N, C)`` so it takes ``(*lead, C)`` and returns jax's output shape."""
+
+    def wrapped(t: torch.Tensor) -> torch.Tensor:
+        out = fn(t.reshape(-1, num_classes))
+        return out.reshape(lead) if reduction == "none" else out
+
+    return wrapped

@@ -30,27 +30,52 @@ TOL = {np.float64: dict(rtol=1e-12, atol=1e-14), np.float32: dict(rtol=2e-5, ato
 
 # (id, create_optimizer kwargs, torch constructor)
 CASES = [
-    ("sgd", dict(name="sgd", learning_rate=0.1, momentum=0.9),
-     lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9)),
-    ("sgd_no_momentum", dict(name="sgd", learning_rate=0.1, momentum=0.0),
-     lambda p, lr: torch.optim.SGD(p, lr=lr)),
-    ("sgd_nesterov", dict(name="sgd", learning_rate=0.05, momentum=0.8, nesterov=True),
-     lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.8, nesterov=True)),
-    ("sgd_weight_decay", dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=0.05),
-     lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=0.05)),
-    ("sgd_nesterov_weight_decay",
-     dict(name="sgd", learning_rate=0.1, momentum=0.5, nesterov=True, weight_decay=0.1),
-     lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.5, nesterov=True, weight_decay=0.1)),
-    ("adam", dict(name="adam", learning_rate=1e-2),
-     lambda p, lr: torch.optim.Adam(p, lr=lr)),
-    ("adam_betas_eps", dict(name="adam", learning_rate=3e-2, b1=0.8, b2=0.95, eps=1e-3),
-     lambda p, lr: torch.optim.Adam(p, lr=lr, betas=(0.8, 0.95), eps=1e-3)),
-    ("adam_weight_decay_l2", dict(name="adam", learning_rate=1e-2, weight_decay=0.5),
-     lambda p, lr: torch.optim.Adam(p, lr=lr, weight_decay=0.5)),
-    ("adamw", dict(name="adamw", learning_rate=1e-2, weight_decay=0.5),
-     lambda p, lr: torch.optim.AdamW(p, lr=lr, weight_decay=0.5)),
-    ("adamw_no_decay", dict(name="adamw", learning_rate=1e-2),
-     lambda p, lr: torch.optim.AdamW(p, lr=lr, weight_decay=0.0)),
+    (
+        "sgd",
+        dict(name="sgd", learning_rate=0.1, momentum=0.9),
+        lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9),
+    ),
+    (
+        "sgd_no_momentum",
+        dict(name="sgd", learning_rate=0.1, momentum=0.0),
+        lambda p, lr: torch.optim.SGD(p, lr=lr),
+    ),
+    (
+        "sgd_nesterov",
+        dict(name="sgd", learning_rate=0.05, momentum=0.8, nesterov=True),
+        lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.8, nesterov=True),
+    ),
+    (
+        "sgd_weight_decay",
+        dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=0.05),
+        lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=0.05),
+    ),
+    (
+        "sgd_nesterov_weight_decay",
+        dict(name="sgd", learning_rate=0.1, momentum=0.5, nesterov=True, weight_decay=0.1),
+        lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.5, nesterov=True, weight_decay=0.1),
+    ),
+    ("adam", dict(name="adam", learning_rate=1e-2), lambda p, lr: torch.optim.Adam(p, lr=lr)),
+    (
+        "adam_betas_eps",
+        dict(name="adam", learning_rate=3e-2, b1=0.8, b2=0.95, eps=1e-3),
+        lambda p, lr: torch.optim.Adam(p, lr=lr, betas=(0.8, 0.95), eps=1e-3),
+    ),
+    (
+        "adam_weight_decay_l2",
+        dict(name="adam", learning_rate=1e-2, weight_decay=0.5),
+        lambda p, lr: torch.optim.Adam(p, lr=lr, weight_decay=0.5),
+    ),
+    (
+        "adamw",
+        dict(name="adamw", learning_rate=1e-2, weight_decay=0.5),
+        lambda p, lr: torch.optim.AdamW(p, lr=lr, weight_decay=0.5),
+    ),
+    (
+        "adamw_no_decay",
+        dict(name="adamw", learning_rate=1e-2),
+        lambda p, lr: torch.optim.AdamW(p, lr=lr, weight_decay=0.0),
+    ),
 ]
 
 
@@ -59,8 +84,10 @@ def _problem(dtype, seed=0):
     params = {k: rng.normal(size=s).astype(dtype) for k, s in SHAPES.items()}
     # Gradients of varying scale (incl. tiny ones where Adam's eps matters).
     scales = [1.0, 0.1, 3.0, 1e-4, 1.0, 0.5, 10.0, 1e-6]
-    grads = [{k: (sc * rng.normal(size=s)).astype(dtype) for k, s in SHAPES.items()}
-             for sc in scales[:NUM_STEPS]]
+    grads = [
+        {k: (sc * rng.normal(size=s)).astype(dtype) for k, s in SHAPES.items()}
+        for sc in scales[:NUM_STEPS]
+    ]
     return params, grads
 
 
@@ -106,13 +133,17 @@ def test_matches_torch_step_for_step(case_id, kwargs, make_torch, dtype):
         tx = create_optimizer(**kwargs)
         jax_traj, state = _jax_trajectory(tx, lr, params, grads)
         assert get_learning_rate(state).dtype == dtype
-        np.testing.assert_allclose(float(get_learning_rate(state)), lr * NEW_LR_FACTOR,
-                                   rtol=1e-7 if dtype == np.float32 else 0)
+        np.testing.assert_allclose(
+            float(get_learning_rate(state)),
+            lr * NEW_LR_FACTOR,
+            rtol=1e-7 if dtype == np.float32 else 0,
+        )
     for step, (pj, pt) in enumerate(zip(jax_traj, torch_traj)):
         for k in SHAPES:
             assert pj[k].dtype == dtype
-            np.testing.assert_allclose(pj[k], pt[k], **TOL[dtype],
-                                       err_msg=f"{case_id} {k} after step {step}")
+            np.testing.assert_allclose(
+                pj[k], pt[k], **TOL[dtype], err_msg=f"{case_id} {k} after step {step}"
+            )
     # The run moved the parameters and the LR change mattered (the test can fail).
     moved = max(np.abs(jax_traj[-1][k] - params[k]).max() for k in SHAPES)
     assert moved > 1e-3
@@ -149,8 +180,10 @@ def test_accumulation_equals_one_step_on_the_mean(kwargs):
     n, real_steps = 3, 3
     params, grads = _problem(np.float64, seed=1)
     rng = np.random.default_rng(2)
-    micro = [[{k: rng.normal(size=s) for k, s in SHAPES.items()} for _ in range(n)]
-             for _ in range(real_steps)]
+    micro = [
+        [{k: rng.normal(size=s) for k, s in SHAPES.items()} for _ in range(n)]
+        for _ in range(real_steps)
+    ]
     with jax.enable_x64(True):
         plain = create_optimizer(**kwargs)
         accum = create_optimizer(**kwargs, accum_steps=n)
@@ -183,7 +216,9 @@ def test_accumulation_matches_torch_accumulation_loop():
     n = 4
     params, _ = _problem(np.float64, seed=3)
     rng = np.random.default_rng(4)
-    micro = [[{k: rng.normal(size=s) for k, s in SHAPES.items()} for _ in range(n)] for _ in range(2)]
+    micro = [
+        [{k: rng.normal(size=s) for k, s in SHAPES.items()} for _ in range(n)] for _ in range(2)
+    ]
     tparams = {k: torch.tensor(v.copy()) for k, v in params.items()}
     opt = torch.optim.Adam(list(tparams.values()), lr=1e-2)
     for batch in micro:

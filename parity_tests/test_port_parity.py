@@ -36,10 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from flax import nnx
-
 import torch_models
 import torch_reference as ref
+from flax import nnx
+
 from train import losses, models, optim, port, train_lib
 
 CLASSES = 10
@@ -71,8 +71,11 @@ def _torch_model(name: str, seed: int = 0) -> torch.nn.Module:
 
 @functools.cache
 def _abstract(name: str):
-    model = nnx.eval_shape(lambda: models.create_model(
-        name, num_classes=CLASSES, image_shape=(SIZE, SIZE, 3), rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(
+        lambda: models.create_model(
+            name, num_classes=CLASSES, image_shape=(SIZE, SIZE, 3), rngs=nnx.Rngs(0)
+        )
+    )
     return nnx.split(model, nnx.Param, nnx.BatchStat)
 
 
@@ -98,6 +101,7 @@ def _forward(graphdef):
         eval_logits = m(x, train=False)
         train_logits = m(x, train=True)
         return eval_logits, train_logits, nnx.state(m, nnx.BatchStat)
+
     return forward
 
 
@@ -106,9 +110,13 @@ def _bn_sizes(model: torch.nn.Module, x: torch.Tensor) -> dict[str, int]:
     sizes, hooks = {}, []
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.BatchNorm2d):
-            hooks.append(m.register_forward_hook(
-                lambda mod, inp, out, name=name: sizes.__setitem__(name, inp[0].numel() //
-                                                                   inp[0].shape[1])))
+            hooks.append(
+                m.register_forward_hook(
+                    lambda mod, inp, out, name=name: sizes.__setitem__(
+                        name, inp[0].numel() // inp[0].shape[1]
+                    )
+                )
+            )
     with torch.no_grad():
         model.eval()(x)
     for h in hooks:
@@ -125,8 +133,9 @@ def test_eval_and_train_mode_match_torch(name):
     xt = torch.from_numpy(x)
     sizes = _bn_sizes(model, xt)
 
-    eval_logits, train_logits, new_stats = _forward(graphdef)(params, stats,
-                                                              x.transpose(0, 2, 3, 1))
+    eval_logits, train_logits, new_stats = _forward(graphdef)(
+        params, stats, x.transpose(0, 2, 3, 1)
+    )
     with torch.no_grad():
         expected_eval = model.eval()(xt).numpy()
         expected_train = model.train()(xt).numpy()
@@ -138,14 +147,16 @@ def test_eval_and_train_mode_match_torch(name):
     want = _state_dict(model)
     assert len(sizes) == len([k for k in want if k.endswith("running_var")])
     for bn, n in sizes.items():
-        np.testing.assert_allclose(got[f"{bn}.running_mean"], want[f"{bn}.running_mean"],
-                                   atol=1e-5, rtol=1e-4, err_msg=bn)
+        np.testing.assert_allclose(
+            got[f"{bn}.running_mean"], want[f"{bn}.running_mean"], atol=1e-5, rtol=1e-4, err_msg=bn
+        )
         # torch: 0.9 old + 0.1 * unbiased; flax: 0.9 old + 0.1 * biased
         old_var = old[f"{bn}.running_var"]
         torch_batch_var = (want[f"{bn}.running_var"] - 0.9 * old_var) / 0.1
         expected = 0.9 * old_var + 0.1 * torch_batch_var * (n - 1) / n
-        np.testing.assert_allclose(got[f"{bn}.running_var"], expected, atol=1e-5, rtol=1e-4,
-                                   err_msg=bn)
+        np.testing.assert_allclose(
+            got[f"{bn}.running_var"], expected, atol=1e-5, rtol=1e-4, err_msg=bn
+        )
         assert want[f"{bn}.num_batches_tracked"] == old[f"{bn}.num_batches_tracked"] + 1
 
 
@@ -173,16 +184,20 @@ def test_round_trip_reproduces_the_state_dict_exactly(name, tmp_path):
 def test_mismatched_keys_and_shapes_are_listed(tmp_path):
     sd = _state_dict(_torch_model("resnet18"))
     _, params, stats = _abstract("resnet18_cifar")
-    with pytest.raises(port.PortError, match="missing keys: base.0.weight.*unexpected keys: "
-                       "conv1.weight"):
+    with pytest.raises(
+        port.PortError, match="missing keys: base.0.weight.*unexpected keys: conv1.weight"
+    ):
         port.from_torch(sd, params, stats, layout="cifar")
     _, params, stats = _abstract("resnet34")
     with pytest.raises(port.PortError, match=r"missing keys: layer1.2.conv1.weight"):
         port.from_torch(sd, params, stats, layout="torchvision")
     sd["fc.weight"] = sd["fc.weight"][:3]
     _, params, stats = _abstract("resnet18")
-    with pytest.raises(port.PortError, match=r"shape mismatches: fc.weight \(file \(3, 512\), "
-                       r"model \(10, 512\)\)"):
+    with pytest.raises(
+        port.PortError,
+        match=r"shape mismatches: fc.weight \(file \(3, 512\), "
+        r"model \(10, 512\)\)",
+    ):
         port.from_torch(sd, params, stats, layout="torchvision")
     # keep: the head is not loaded (fine-tuning with another class count)
     p, _ = port.from_torch(sd, params, stats, layout="torchvision", keep={"fc.weight", "fc.bias"})
@@ -200,8 +215,10 @@ def test_files_never_unpickle_objects_and_torch_is_optional(tmp_path, monkeypatc
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(port.PortError, match="cannot read .*junk.pth"):
         port.load_state_dict(tmp_path / "junk.pth")
-    torch.save({"epoch": 3, "model_state_dict": {"module.fc.weight": torch.ones(2, 2)}},
-               tmp_path / "wrapped.pth")
+    torch.save(
+        {"epoch": 3, "model_state_dict": {"module.fc.weight": torch.ones(2, 2)}},
+        tmp_path / "wrapped.pth",
+    )
     assert list(port.load_state_dict(tmp_path / "wrapped.pth")) == ["fc.weight"]
     monkeypatch.setitem(__import__("sys").modules, "torch", None)  # import torch -> ImportError
     with pytest.raises(port.PortError, match="needs PyTorch"):
@@ -221,8 +238,12 @@ def _torch_steps(model, optimizer, lr, batches, dtype):
         loss = criterion(model(torch.from_numpy(x).to(dtype)), torch.from_numpy(y))
         loss.backward()
         opt.step()
-        out.append((loss.item(), {k: v.detach().double().numpy().copy()
-                                  for k, v in model.named_parameters()}))
+        out.append(
+            (
+                loss.item(),
+                {k: v.detach().double().numpy().copy() for k, v in model.named_parameters()},
+            )
+        )
     return out
 
 
@@ -231,8 +252,14 @@ def test_training_steps_match_torch(optimizer):
     name, lr = "resnet18", LR[optimizer]
     graphdef, params, stats = _port(name, _torch_model(name, seed=5))
     tx = optim.create_optimizer(optimizer, learning_rate=lr, momentum=0.9)
-    state = train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
-                                 opt_state=tx.init(params), graphdef=graphdef, tx=tx)
+    state = train_lib.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=stats,
+        opt_state=tx.init(params),
+        graphdef=graphdef,
+        tx=tx,
+    )
     loss_fn = losses.create_loss("focal", num_classes=CLASSES, focal_gamma=2.0, focal_alpha=0.25)
     step = jax.jit(functools.partial(train_lib.train_step, loss_fn=loss_fn, num_classes=CLASSES))
     rng = np.random.default_rng(7)
@@ -241,11 +268,17 @@ def test_training_steps_match_torch(optimizer):
     init = _state_dict(_torch_model(name, seed=5))
 
     for i, (x, y) in enumerate(batches):
-        state, m = step(state, {"image": x.transpose(0, 2, 3, 1), "label": y.astype(np.int32),
-                                "mask": np.ones(8, bool)}, jax.random.key(0))
+        state, m = step(
+            state,
+            {
+                "image": x.transpose(0, 2, 3, 1),
+                "label": y.astype(np.int32),
+                "mask": np.ones(8, bool),
+            },
+            jax.random.key(0),
+        )
         loss, want = expected[i]
-        np.testing.assert_allclose(float(m.loss_sum) / float(m.count), loss,
-                                   rtol=1e-5, atol=0)
+        np.testing.assert_allclose(float(m.loss_sum) / float(m.count), loss, rtol=1e-5, atol=0)
         if i not in (0, 4):
             continue
         got = port.to_torch(state.params, state.batch_stats, layout="torchvision")

@@ -17,17 +17,22 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from torch_models import TorchResNet
 
 from train import models
-from torch_models import TorchResNet
 
 ATOL = 1e-4
 
 
 def _torch_key(path):
     *mods, leaf = [str(p) for p in path]
-    name = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
-            "var": "running_var"}[leaf]
+    name = {
+        "kernel": "weight",
+        "scale": "weight",
+        "bias": "bias",
+        "mean": "running_mean",
+        "var": "running_var",
+    }[leaf]
     return ".".join([*mods, name])
 
 
@@ -41,23 +46,30 @@ def _to_torch(value, leaf):
 
 
 def _randomise_batch_stats(state, rng):
-    return jax.tree.map(lambda v: jnp.asarray(rng.uniform(0.5, 1.5, v.shape), v.dtype)
-                        if v.ndim else v, state)
+    return jax.tree.map(
+        lambda v: jnp.asarray(rng.uniform(0.5, 1.5, v.shape), v.dtype) if v.ndim else v, state
+    )
 
 
-@pytest.mark.parametrize("name,cifar,size", [("resnet18", False, 33), ("resnet18", False, 32),
-                                              ("resnet18_cifar", True, 8)])
+@pytest.mark.parametrize(
+    "name,cifar,size",
+    [("resnet18", False, 33), ("resnet18", False, 32), ("resnet18_cifar", True, 8)],
+)
 def test_eval_and_train_forward_match_torch(name, cifar, size):
     width, classes = 4, 5
-    model = nnx.jit(lambda k: models.create_model(
-        name, num_classes=classes, image_shape=(size, size, 3), width=width,
-        rngs=nnx.Rngs(k)))(jax.random.key(0, impl="rbg"))
+    model = nnx.jit(
+        lambda k: models.create_model(
+            name, num_classes=classes, image_shape=(size, size, 3), width=width, rngs=nnx.Rngs(k)
+        )
+    )(jax.random.key(0, impl="rbg"))
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     rng = np.random.default_rng(0)
     # non-trivial running statistics and BN affine parameters
     stats = _randomise_batch_stats(stats, rng)
-    params = jax.tree.map(lambda v: v + jnp.asarray(rng.normal(0, 0.1, v.shape), v.dtype)
-                          if v.ndim == 1 else v, params)
+    params = jax.tree.map(
+        lambda v: v + jnp.asarray(rng.normal(0, 0.1, v.shape), v.dtype) if v.ndim == 1 else v,
+        params,
+    )
     torch_model = TorchResNet((2, 2, 2, 2), classes, width, cifar).double()
     sd = {}
     for path, var in nnx.to_flat_state(nnx.merge_state(params, stats)):

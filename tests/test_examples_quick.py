@@ -49,7 +49,8 @@ def _unit(x):
 
 def test_imbalanced_focal_quick(examples, tmp_path, cache_dir):
     out = examples("imbalanced_focal").main(
-        ["--quick", "--outdir", str(tmp_path), "--cache-dir", cache_dir])
+        ["--quick", "--outdir", str(tmp_path), "--cache-dir", cache_dir]
+    )
     text, saved = _check_files(tmp_path, "imbalanced_focal")
     assert [r["setting"] for r in out["results"]] == ["CE, cut", "focal γ=2 α=100, cut"]
     for r in out["results"]:
@@ -64,7 +65,8 @@ def test_imbalanced_focal_quick(examples, tmp_path, cache_dir):
 
 def test_regularization_quick(examples, tmp_path, cache_dir):
     out = examples("regularization").main(
-        ["--quick", "--outdir", str(tmp_path), "--cache-dir", cache_dir])
+        ["--quick", "--outdir", str(tmp_path), "--cache-dir", cache_dir]
+    )
     text, _ = _check_files(tmp_path, "regularization")
     labels = [r["setting"] for r in out["results"]]
     assert labels == ["baseline", "small CNN, dropout 0.5", "small CNN, no dropout"]
@@ -79,12 +81,16 @@ def test_regularization_quick(examples, tmp_path, cache_dir):
 
 def test_compare_losses_and_schedules_quick(examples, tmp_path, cache_dir):
     out = examples("compare_losses_and_schedules").main(
-        ["--quick", "--outdir", str(tmp_path), "--cache-dir", cache_dir])
+        ["--quick", "--outdir", str(tmp_path), "--cache-dir", cache_dir]
+    )
     _check_files(tmp_path, "compare_losses_and_schedules")
     runs = out["results"]
     assert [(r["schedule"], r["accum"]) for r in runs] == [
-        ("StepLR(5, 0.7)", 1), ("StepLR(5, 0.7)", 4), ("plateau(0.5, 1)", 1),
-        ("plateau(0.5, 1)", 4)]
+        ("StepLR(5, 0.7)", 1),
+        ("StepLR(5, 0.7)", 4),
+        ("plateau(0.5, 1)", 1),
+        ("plateau(0.5, 1)", 4),
+    ]
     for r in runs:
         if r["schedule"].startswith("StepLR"):
             assert r["lr"] == [1e-3] * 3  # StepLR(5, 0.7) keeps 1e-3 for 5 epochs

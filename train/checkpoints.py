@@ -30,9 +30,13 @@ def _options(max_to_keep: int, metric: str | None = None, mode: str = "min"):
     kw: dict[str, Any] = {}
     if metric is not None:
         kw = dict(best_fn=lambda m: m[metric], best_mode=mode)
-    return ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                        cleanup_tmp_directories=True,
-                                        enable_async_checkpointing=False, **kw)
+    return ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        create=True,
+        cleanup_tmp_directories=True,
+        enable_async_checkpointing=False,
+        **kw,
+    )
 
 
 class Checkpoints:
@@ -53,11 +57,15 @@ class Checkpoints:
     def __init__(self, directory: str | os.PathLike[str]):
         directory = os.path.abspath(os.fspath(directory))
         self.directory = directory
-        self.latest = ocp.CheckpointManager(os.path.join(directory, "latest"),
-                                            options=_options(1), item_names=("state", "loop"))
-        self.best = {kind: ocp.CheckpointManager(os.path.join(directory, kind),
-                                                 options=_options(1, metric, mode))
-                     for kind, (metric, mode) in _KINDS.items()}
+        self.latest = ocp.CheckpointManager(
+            os.path.join(directory, "latest"), options=_options(1), item_names=("state", "loop")
+        )
+        self.best = {
+            kind: ocp.CheckpointManager(
+                os.path.join(directory, kind), options=_options(1, metric, mode)
+            )
+            for kind, (metric, mode) in _KINDS.items()
+        }
 
     def latest_step(self) -> int | None:
         """The last completed epoch saved, or None."""
@@ -65,8 +73,13 @@ class Checkpoints:
 
     def save_latest(self, step: int, state: Any, loop: dict[str, Any]) -> None:
         """Saves the train state and the JSON-serialisable loop state as step `step`."""
-        self.latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                       loop=ocp.args.JsonSave(loop)), force=True)
+        self.latest.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)
+            ),
+            force=True,
+        )
         self.latest.wait_until_finished()
 
     def save_best(self, kind: str, step: int, state: Any, metrics: dict[str, float]) -> None:
@@ -77,8 +90,12 @@ class Checkpoints:
         manager = self.best[kind]
         if step in manager.all_steps():  # a resumed run repeating an epoch that was cut short
             manager.delete(step)
-        manager.save(step, args=ocp.args.StandardSave(state),
-                     metrics={metric: float(metrics[metric])}, force=True)
+        manager.save(
+            step,
+            args=ocp.args.StandardSave(state),
+            metrics={metric: float(metrics[metric])},
+            force=True,
+        )
         manager.wait_until_finished()
 
     def restore_latest(self, target: Any) -> tuple[Any, dict[str, Any]]:
@@ -87,8 +104,12 @@ class Checkpoints:
         if step is None:
             raise ValueError(f"no checkpoint to resume from in {self.latest.directory}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        out = self.latest.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore()))
+        out = self.latest.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore()
+            ),
+        )
         return out["state"], out["loop"]
 
     def best_step(self, kind: str) -> int | None:

@@ -87,11 +87,16 @@ class Config:
     plot: bool = True
 
     def __post_init__(self) -> None:
-        def real(name: str, low: float = -math.inf, high: float = math.inf,
-                 low_open: bool = False) -> None:
+        def real(
+            name: str, low: float = -math.inf, high: float = math.inf, low_open: bool = False
+        ) -> None:
             value = getattr(self, name)
-            ok = isinstance(value, (int, float)) and math.isfinite(value) and value <= high and (
-                value > low if low_open else value >= low)
+            ok = (
+                isinstance(value, (int, float))
+                and math.isfinite(value)
+                and value <= high
+                and (value > low if low_open else value >= low)
+            )
             if not ok:
                 bound = f"> {low}" if low_open else f">= {low}"
                 if high != math.inf:
@@ -125,7 +130,9 @@ class Config:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an integer, got seed={self.seed!r}")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got val_fraction={self.val_fraction!r}")
+            raise ValueError(
+                f"val_fraction must be in [0, 1), got val_fraction={self.val_fraction!r}"
+            )
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got schedule={self.schedule!r}")
         if self.dtype not in DTYPES:
@@ -133,16 +140,22 @@ class Config:
         if self.plateau_mode not in ("min", "max"):
             raise ValueError(f"plateau_mode must be 'min' or 'max', got {self.plateau_mode=}")
         if (self.init_from or self.export_torch) and self.model not in _PORTABLE:
-            raise ValueError(f"--init-from/--export-torch need a ResNet model {_PORTABLE}, got "
-                             f"model={self.model!r}")
+            raise ValueError(
+                f"--init-from/--export-torch need a ResNet model {_PORTABLE}, got "
+                f"model={self.model!r}"
+            )
         if self.freeze_backbone and not self.init_from:
-            raise ValueError("freeze_backbone needs init_from (a checkpoint to fine-tune), got "
-                             f"init_from={self.init_from!r}")
+            raise ValueError(
+                "freeze_backbone needs init_from (a checkpoint to fine-tune), got "
+                f"init_from={self.init_from!r}"
+            )
         if self.imbalance is not None:
             cls, frac = self.imbalance
             if not isinstance(cls, int) or cls < 0 or not 0.0 < frac <= 1.0:
-                raise ValueError("imbalance must be CLASS:FRACTION with CLASS >= 0 and FRACTION in "
-                                 f"(0, 1], got imbalance={self.imbalance!r}")
+                raise ValueError(
+                    "imbalance must be CLASS:FRACTION with CLASS >= 0 and FRACTION in "
+                    f"(0, 1], got imbalance={self.imbalance!r}"
+                )
 
     @property
     def t_max_or_epochs(self) -> int:
@@ -154,7 +167,7 @@ class Config:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Config":
+    def from_json(cls, text: str) -> Config:
         """Inverse of `to_json`; unknown keys raise ValueError."""
         raw: dict[str, Any] = json.loads(text)
         names = {f.name for f in dataclasses.fields(cls)}

@@ -29,8 +29,9 @@ def _top_name(path: tuple[Any, ...]) -> Any:
 
 
 @functools.lru_cache(maxsize=16)  # one wrapper per optimiser: the jitted step is not retraced
-def freeze_backbone(tx: optax.GradientTransformation, *,
-                    head: str = "fc") -> optax.GradientTransformation:
+def freeze_backbone(
+    tx: optax.GradientTransformation, *, head: str = "fc"
+) -> optax.GradientTransformation:
     """Wraps `tx` so that only the parameters under `head` change.
 
     Gradients of the other parameters are zeroed before `tx` and their updates after it (weight
@@ -53,7 +54,8 @@ def freeze_backbone(tx: optax.GradientTransformation, *,
 
     def mask(tree):
         return jax.tree_util.tree_map_with_path(
-            lambda path, x: x if _top_name(path) == head else jnp.zeros_like(x), tree)
+            lambda path, x: x if _top_name(path) == head else jnp.zeros_like(x), tree
+        )
 
     def update(updates, state, params=None):
         new_updates, state = tx.update(mask(updates), state, params)
@@ -62,8 +64,14 @@ def freeze_backbone(tx: optax.GradientTransformation, *,
     return optax.GradientTransformation(tx.init, update)
 
 
-def init_from_torch(state: Any, state_dict: Mapping[str, Any], *, model: str, num_classes: int,
-                    log: Callable[[str], None] = print) -> Any:
+def init_from_torch(
+    state: Any,
+    state_dict: Mapping[str, Any],
+    *,
+    model: str,
+    num_classes: int,
+    log: Callable[[str], None] = print,
+) -> Any:
     """A `train.train_lib.TrainState` with the weights of a torch state_dict.
 
     Args:
@@ -105,9 +113,11 @@ def init_from_torch(state: Any, state_dict: Mapping[str, Any], *, model: str, nu
     keep: tuple[str, ...] = ()
     if info["num_classes"] != num_classes:
         keep = (f"{port.HEAD}.weight", f"{port.HEAD}.bias")
-        log(f"init-from: replacing the classifier head ({info['num_classes']} -> {num_classes} "
-            "classes); every other weight comes from the checkpoint")
-    params, batch_stats = port.from_torch(state_dict, state.params, state.batch_stats,
-                                          layout=layout, keep=keep)
-    return state.replace(params=params, batch_stats=batch_stats,
-                         opt_state=state.tx.init(params))
+        log(
+            f"init-from: replacing the classifier head ({info['num_classes']} -> {num_classes} "
+            "classes); every other weight comes from the checkpoint"
+        )
+    params, batch_stats = port.from_torch(
+        state_dict, state.params, state.batch_stats, layout=layout, keep=keep
+    )
+    return state.replace(params=params, batch_stats=batch_stats, opt_state=state.tx.init(params))

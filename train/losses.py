@@ -40,8 +40,9 @@ def _focal(logits, labels, mask, *, gamma, alpha):
 
 
 def _smoothing(logits, labels, mask, *, smoothing, spread):
-    per = jaxloss.label_smoothing_loss(logits, labels, smoothing=smoothing, spread=spread,
-                                       reduction="none")
+    per = jaxloss.label_smoothing_loss(
+        logits, labels, smoothing=smoothing, spread=spread, reduction="none"
+    )
     return _masked_mean(per, mask)
 
 
@@ -52,8 +53,9 @@ def _sigmoid_focal(logits, labels, mask, *, gamma, alpha):
 
 
 def _f1(logits, labels, mask, *, epsilon):
-    return jaxloss.f1_loss(logits, labels, epsilon=epsilon,
-                           where=None if mask is None else jnp.asarray(mask, bool))
+    return jaxloss.f1_loss(
+        logits, labels, epsilon=epsilon, where=None if mask is None else jnp.asarray(mask, bool)
+    )
 
 
 LOSSES: dict[str, Callable[..., jax.Array]] = {
@@ -74,14 +76,22 @@ def _alpha(focal_alpha: float | Sequence[float] | None, num_classes: int, name: 
     if name == "sigmoid_focal":
         raise ValueError(f"sigmoid_focal takes a scalar alpha, got {focal_alpha=}")
     if len(alpha) != num_classes:
-        raise ValueError(f"focal alpha needs one value per class ({num_classes}), got {focal_alpha=}")
+        raise ValueError(
+            f"focal alpha needs one value per class ({num_classes}), got {focal_alpha=}"
+        )
     return jnp.asarray(alpha, jnp.float32)
 
 
-def create_loss(name: str, *, num_classes: int, focal_gamma: float = 2.0,
-                focal_alpha: float | Sequence[float] | None = None,
-                label_smoothing: float | None = None, smoothing_spread: str = "others",
-                f1_epsilon: float = 1e-7) -> LossFn:
+def create_loss(
+    name: str,
+    *,
+    num_classes: int,
+    focal_gamma: float = 2.0,
+    focal_alpha: float | Sequence[float] | None = None,
+    label_smoothing: float | None = None,
+    smoothing_spread: str = "others",
+    f1_epsilon: float = 1e-7,
+) -> LossFn:
     """Builds `loss_fn(logits, labels, mask=None) -> scalar` by name.
 
     Args:
@@ -115,12 +125,16 @@ def create_loss(name: str, *, num_classes: int, focal_gamma: float = 2.0,
     elif name == "focal":
         kw = dict(gamma=float(focal_gamma), alpha=alpha)
     elif name == "label_smoothing":
-        kw = dict(smoothing=0.2 if label_smoothing is None else float(label_smoothing),
-                  spread=smoothing_spread)
+        kw = dict(
+            smoothing=0.2 if label_smoothing is None else float(label_smoothing),
+            spread=smoothing_spread,
+        )
         if not 0.0 <= kw["smoothing"] < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing=}")
         if smoothing_spread not in ("others", "uniform"):
-            raise ValueError(f"smoothing_spread must be 'others' or 'uniform', got {smoothing_spread=}")
+            raise ValueError(
+                f"smoothing_spread must be 'others' or 'uniform', got {smoothing_spread=}"
+            )
     elif name == "sigmoid_focal":
         kw = dict(gamma=float(focal_gamma), alpha=0.25 if alpha is None else float(alpha))
     else:

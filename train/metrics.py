@@ -42,7 +42,7 @@ class Metrics:
     count: jax.Array
     confusion: jax.Array
 
-    def __add__(self, other: "Metrics") -> "Metrics":
+    def __add__(self, other: Metrics) -> Metrics:
         return _add(self, other)
 
 
@@ -65,12 +65,19 @@ def empty_metrics(num_classes: int) -> Metrics:
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes=}")
-    return Metrics(loss_sum=jnp.zeros((), jnp.float32), count=jnp.zeros((), jnp.float32),
-                   confusion=jnp.zeros((num_classes, num_classes), jnp.int32))
+    return Metrics(
+        loss_sum=jnp.zeros((), jnp.float32),
+        count=jnp.zeros((), jnp.float32),
+        confusion=jnp.zeros((num_classes, num_classes), jnp.int32),
+    )
 
 
-def confusion_matrix(labels: jax.typing.ArrayLike, preds: jax.typing.ArrayLike, num_classes: int,
-                     mask: jax.typing.ArrayLike | None = None) -> jax.Array:
+def confusion_matrix(
+    labels: jax.typing.ArrayLike,
+    preds: jax.typing.ArrayLike,
+    num_classes: int,
+    mask: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
     """Counts `(true, predicted)` pairs, skipping masked-out examples.
 
     Args:
@@ -94,8 +101,12 @@ def confusion_matrix(labels: jax.typing.ArrayLike, preds: jax.typing.ArrayLike, 
     return counts.reshape(num_classes, num_classes)
 
 
-def batch_metrics(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike,
-                  loss: jax.typing.ArrayLike, mask: jax.typing.ArrayLike | None = None) -> Metrics:
+def batch_metrics(
+    logits: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    loss: jax.typing.ArrayLike,
+    mask: jax.typing.ArrayLike | None = None,
+) -> Metrics:
     """Metrics of one batch, ready to add to the epoch's running sums.
 
     Args:
@@ -114,8 +125,9 @@ def batch_metrics(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike,
       (2.0, 1.0, [[1, 1], [0, 0]])
     """
     logits = jnp.asarray(logits)
-    count = (jnp.float32(logits.shape[0]) if mask is None
-             else jnp.sum(jnp.asarray(mask, jnp.float32)))
+    count = (
+        jnp.float32(logits.shape[0]) if mask is None else jnp.sum(jnp.asarray(mask, jnp.float32))
+    )
     preds = jnp.argmax(logits, axis=-1)
     cm = confusion_matrix(labels, preds, logits.shape[-1], mask)
     return Metrics(loss_sum=jnp.asarray(loss, jnp.float32) * count, count=count, confusion=cm)
@@ -170,7 +182,9 @@ def macro_f1(cm: jax.typing.ArrayLike) -> jax.Array:
     return jnp.where(jnp.any(present), jnp.sum(f1) / jnp.maximum(jnp.sum(present), 1), 0.0)
 
 
-def summarize(metrics: Metrics | Any, prefix: str = "", *, confusion: bool = False) -> dict[str, Any]:
+def summarize(
+    metrics: Metrics | Any, prefix: str = "", *, confusion: bool = False
+) -> dict[str, Any]:
     """Host-side floats from an epoch's sums (call after one `jax.device_get`).
 
     Returns:

@@ -39,14 +39,34 @@ _BN_EPSILON = 1e-5
 _CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _conv(cin: int, cout: int, kernel: int, stride: int, pad: int, *, dtype: Any, rngs: nnx.Rngs,
-          use_bias: bool = False) -> nnx.Conv:
-    return nnx.Conv(cin, cout, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
-                    use_bias=use_bias, dtype=dtype, kernel_init=_CONV_INIT, rngs=rngs)
+def _conv(
+    cin: int,
+    cout: int,
+    kernel: int,
+    stride: int,
+    pad: int,
+    *,
+    dtype: Any,
+    rngs: nnx.Rngs,
+    use_bias: bool = False,
+) -> nnx.Conv:
+    return nnx.Conv(
+        cin,
+        cout,
+        (kernel, kernel),
+        (stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=use_bias,
+        dtype=dtype,
+        kernel_init=_CONV_INIT,
+        rngs=rngs,
+    )
 
 
 def _bn(features: int, *, dtype: Any, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return nnx.BatchNorm(features, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, dtype=dtype, rngs=rngs)
+    return nnx.BatchNorm(
+        features, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, dtype=dtype, rngs=rngs
+    )
 
 
 class BasicBlock(nnx.Module):
@@ -60,16 +80,21 @@ class BasicBlock(nnx.Module):
       (2, 3, 3, 8)
     """
 
-    def __init__(self, cin: int, cout: int, stride: int = 1, *, dtype: Any = jnp.float32,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, cin: int, cout: int, stride: int = 1, *, dtype: Any = jnp.float32, rngs: nnx.Rngs
+    ):
         self.conv1 = _conv(cin, cout, 3, stride, 1, dtype=dtype, rngs=rngs)
         self.bn1 = _bn(cout, dtype=dtype, rngs=rngs)
         self.conv2 = _conv(cout, cout, 3, 1, 1, dtype=dtype, rngs=rngs)
         self.bn2 = _bn(cout, dtype=dtype, rngs=rngs)
         if stride != 1 or cin != cout:
             # torchvision's `downsample` is Sequential(conv1x1, bn): keys `downsample.0`, `downsample.1`.
-            self.downsample = nnx.List([_conv(cin, cout, 1, stride, 0, dtype=dtype, rngs=rngs),
-                                        _bn(cout, dtype=dtype, rngs=rngs)])
+            self.downsample = nnx.List(
+                [
+                    _conv(cin, cout, 1, stride, 0, dtype=dtype, rngs=rngs),
+                    _bn(cout, dtype=dtype, rngs=rngs),
+                ]
+            )
         else:
             self.downsample = None
 
@@ -114,8 +139,16 @@ class _ResNet(nnx.Module):
     _STEM: tuple[int, int, int]
     _MAX_POOL: bool
 
-    def __init__(self, depths: tuple[int, ...], *, num_classes: int, in_channels: int = 3,
-                 width: int = 64, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        depths: tuple[int, ...],
+        *,
+        num_classes: int,
+        in_channels: int = 3,
+        width: int = 64,
+        dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self.dtype = dtype
         self.conv1 = _conv(in_channels, width, *self._STEM, dtype=dtype, rngs=rngs)
         self.bn1 = _bn(width, dtype=dtype, rngs=rngs)
@@ -123,8 +156,9 @@ class _ResNet(nnx.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.fc = nnx.Linear(width * 8, num_classes, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool = False,
-                 dropout_key: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
+    ) -> jax.Array:
         del dropout_key  # no dropout
         x = nnx.relu(self.bn1(self.conv1(x.astype(self.dtype)), use_running_average=not train))
         if self._MAX_POOL:
@@ -187,13 +221,22 @@ class SmallCNN(nnx.Module):
       400
     """
 
-    def __init__(self, *, num_classes: int, image_shape: tuple[int, int, int], width: int = 6,
-                 dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        image_shape: tuple[int, int, int],
+        width: int = 6,
+        dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         h, w, c = image_shape
         side = min(h, w)
         if (_conv_out(side, 5, 0) // 2) < 5:
-            raise ValueError(f"small_cnn needs images of at least 14x14 pixels, got {image_shape=} "
-                             "(resize them, e.g. --image-size 32)")
+            raise ValueError(
+                f"small_cnn needs images of at least 14x14 pixels, got {image_shape=} "
+                "(resize them, e.g. --image-size 32)"
+            )
         c2 = width * 16 // 6
         self.dtype = dtype
         self.conv1 = _conv(c, width, 5, 1, 0, dtype=dtype, rngs=rngs, use_bias=True)
@@ -207,8 +250,9 @@ class SmallCNN(nnx.Module):
         self.fc2 = nnx.Linear(120, 64, dtype=dtype, rngs=rngs)
         self.fc3 = nnx.Linear(64, num_classes, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool = False,
-                 dropout_key: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
+    ) -> jax.Array:
         ura = not train
         x = nnx.relu(self.bn1(self.conv1(x.astype(self.dtype)), use_running_average=ura))
         x = nnx.max_pool(x, (2, 2), (2, 2))
@@ -234,8 +278,15 @@ class LeNet(nnx.Module):
       ((3, 10), 64)
     """
 
-    def __init__(self, *, num_classes: int, image_shape: tuple[int, int, int], width: int = 6,
-                 dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        image_shape: tuple[int, int, int],
+        width: int = 6,
+        dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         h, w, c = image_shape
         if min(h, w) < 4:
             raise ValueError(f"lenet needs images of at least 4x4 pixels, got {image_shape=}")
@@ -247,8 +298,9 @@ class LeNet(nnx.Module):
         self.fc2 = nnx.Linear(120, 84, dtype=dtype, rngs=rngs)
         self.fc3 = nnx.Linear(84, num_classes, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool = False,
-                 dropout_key: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
+    ) -> jax.Array:
         del train, dropout_key
         x = nnx.max_pool(nnx.relu(self.conv1(x.astype(self.dtype))), (2, 2), (2, 2))
         x = nnx.max_pool(nnx.relu(self.conv2(x)), (2, 2), (2, 2))
@@ -259,18 +311,43 @@ class LeNet(nnx.Module):
 
 
 def _resnet(cls: type, depths: tuple[int, ...]) -> Callable[..., nnx.Module]:
-    def build(*, num_classes: int, image_shape: tuple[int, int, int], width: int | None = None,
-              dtype: Any = jnp.float32, rngs: nnx.Rngs) -> nnx.Module:
-        return cls(depths, num_classes=num_classes, in_channels=image_shape[-1],
-                   width=64 if width is None else width, dtype=dtype, rngs=rngs)
+    def build(
+        *,
+        num_classes: int,
+        image_shape: tuple[int, int, int],
+        width: int | None = None,
+        dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ) -> nnx.Module:
+        return cls(
+            depths,
+            num_classes=num_classes,
+            in_channels=image_shape[-1],
+            width=64 if width is None else width,
+            dtype=dtype,
+            rngs=rngs,
+        )
+
     return build
 
 
 def _plain(cls: type) -> Callable[..., nnx.Module]:
-    def build(*, num_classes: int, image_shape: tuple[int, int, int], width: int | None = None,
-              dtype: Any = jnp.float32, rngs: nnx.Rngs) -> nnx.Module:
-        return cls(num_classes=num_classes, image_shape=image_shape,
-                   width=6 if width is None else width, dtype=dtype, rngs=rngs)
+    def build(
+        *,
+        num_classes: int,
+        image_shape: tuple[int, int, int],
+        width: int | None = None,
+        dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ) -> nnx.Module:
+        return cls(
+            num_classes=num_classes,
+            image_shape=image_shape,
+            width=6 if width is None else width,
+            dtype=dtype,
+            rngs=rngs,
+        )
+
     return build
 
 
@@ -284,8 +361,15 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
 }
 
 
-def create_model(name: str, *, num_classes: int, image_shape: tuple[int, int, int],
-                 rngs: nnx.Rngs, dtype: Any = jnp.float32, width: int | None = None) -> nnx.Module:
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    rngs: nnx.Rngs,
+    dtype: Any = jnp.float32,
+    width: int | None = None,
+) -> nnx.Module:
     """Builds a registered model.
 
     Args:
@@ -316,5 +400,6 @@ def create_model(name: str, *, num_classes: int, image_shape: tuple[int, int, in
         raise ValueError(f"image_shape must be (height, width, channels), got {image_shape=}")
     if width is not None and width < 1:
         raise ValueError(f"width must be >= 1, got {width=}")
-    return MODELS[name](num_classes=num_classes, image_shape=tuple(image_shape), width=width,
-                        dtype=dtype, rngs=rngs)
+    return MODELS[name](
+        num_classes=num_classes, image_shape=tuple(image_shape), width=width, dtype=dtype, rngs=rngs
+    )

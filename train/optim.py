@@ -43,8 +43,16 @@ __all__ = ["OPTIMIZERS", "create_optimizer", "get_learning_rate", "set_learning_
 _INJECT_STATES = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
 
 
-def _torch_sgd(learning_rate: Any, *, momentum: float, nesterov: bool, weight_decay: float,
-               b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+def _torch_sgd(
+    learning_rate: Any,
+    *,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    b1: float,
+    b2: float,
+    eps: float,
+) -> optax.GradientTransformation:
     """torch.optim.SGD(lr, momentum, dampening=0, weight_decay, nesterov)."""
     del b1, b2, eps
     parts = []
@@ -55,8 +63,16 @@ def _torch_sgd(learning_rate: Any, *, momentum: float, nesterov: bool, weight_de
     return optax.chain(*parts)
 
 
-def _torch_adam(learning_rate: Any, *, momentum: float, nesterov: bool, weight_decay: float,
-                b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+def _torch_adam(
+    learning_rate: Any,
+    *,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    b1: float,
+    b2: float,
+    eps: float,
+) -> optax.GradientTransformation:
     """torch.optim.Adam(lr, betas=(b1, b2), eps, weight_decay) with L2 added to the gradient."""
     del momentum, nesterov
     parts = []
@@ -66,8 +82,16 @@ def _torch_adam(learning_rate: Any, *, momentum: float, nesterov: bool, weight_d
     return optax.chain(*parts)
 
 
-def _torch_adamw(learning_rate: Any, *, momentum: float, nesterov: bool, weight_decay: float,
-                 b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+def _torch_adamw(
+    learning_rate: Any,
+    *,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    b1: float,
+    b2: float,
+    eps: float,
+) -> optax.GradientTransformation:
     """torch.optim.AdamW(lr, betas=(b1, b2), eps, weight_decay): decoupled decay."""
     del momentum, nesterov
     return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
@@ -155,15 +179,23 @@ def create_optimizer(
     # one-argument closure keeps the LR as the only state hyper-parameter (the others are
     # compile-time constants, exactly as PyTorch's param_group values that never change).
     def with_learning_rate(learning_rate):
-        return factory(learning_rate, momentum=momentum, nesterov=nesterov,
-                       weight_decay=weight_decay, b1=b1, b2=b2, eps=eps)
+        return factory(
+            learning_rate,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            b1=b1,
+            b2=b2,
+            eps=eps,
+        )
 
     tx = optax.inject_hyperparams(with_learning_rate)(learning_rate=learning_rate)
     if accum_steps > 1:
         # MultiSteps accumulates in float32 by default whatever the parameters' dtype; accumulate
         # in the parameters' dtype instead (float32 in training, float64 in the parity tests).
-        tx = optax.MultiSteps(tx, every_k_schedule=accum_steps,
-                              accumulator_dtype=None).gradient_transformation()
+        tx = optax.MultiSteps(
+            tx, every_k_schedule=accum_steps, accumulator_dtype=None
+        ).gradient_transformation()
     return tx
 
 
@@ -172,8 +204,10 @@ def _inject_state(opt_state: Any) -> Any:
     if isinstance(opt_state, optax.MultiStepsState):
         opt_state = opt_state.inner_opt_state
     if not isinstance(opt_state, _INJECT_STATES) or "learning_rate" not in opt_state.hyperparams:
-        raise ValueError("opt_state holds no injected learning_rate (build the optimiser with "
-                         f"create_optimizer), got {type(opt_state).__name__}")
+        raise ValueError(
+            "opt_state holds no injected learning_rate (build the optimiser with "
+            f"create_optimizer), got {type(opt_state).__name__}"
+        )
     return opt_state
 
 

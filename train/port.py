@@ -81,22 +81,51 @@ __all__ = [
     "torch_key",
 ]
 
-LAYOUTS: dict[str, str] = {"resnet18": "torchvision", "resnet34": "torchvision",
-                           "resnet18_cifar": "cifar", "resnet34_cifar": "cifar"}
+LAYOUTS: dict[str, str] = {
+    "resnet18": "torchvision",
+    "resnet34": "torchvision",
+    "resnet18_cifar": "cifar",
+    "resnet34_cifar": "cifar",
+}
 """`train.models` name -> state_dict layout."""
 
 HEAD = "fc"
 """Name of the classifier head in both layouts (`fc.weight`, `fc.bias`)."""
 
-_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
-         "var": "running_var"}
+_LEAF = {
+    "kernel": "weight",
+    "scale": "weight",
+    "bias": "bias",
+    "mean": "running_mean",
+    "var": "running_var",
+}
 _CIFAR_STEM = {"conv1": "base.0", "bn1": "base.1"}
-_CIFAR_BLOCK = {"conv1": "conv_block.0", "bn1": "conv_block.1", "conv2": "conv_block.3",
-                "bn2": "conv_block.4"}
+_CIFAR_BLOCK = {
+    "conv1": "conv_block.0",
+    "bn1": "conv_block.1",
+    "conv2": "conv_block.3",
+    "bn2": "conv_block.4",
+}
 # torch's state_dict order (module registration order), as sort ranks per key component
-_RANK = {"conv1": 0, "base": 0, "conv_block": 0, "bn1": 1, "conv2": 2, "bn2": 3, "downsample": 4,
-         "layer1": 10, "layer2": 11, "layer3": 12, "layer4": 13, "fc": 20, "weight": 0, "bias": 1,
-         "running_mean": 2, "running_var": 3, "num_batches_tracked": 4}
+_RANK = {
+    "conv1": 0,
+    "base": 0,
+    "conv_block": 0,
+    "bn1": 1,
+    "conv2": 2,
+    "bn2": 3,
+    "downsample": 4,
+    "layer1": 10,
+    "layer2": 11,
+    "layer3": 12,
+    "layer4": 13,
+    "fc": 20,
+    "weight": 0,
+    "bias": 1,
+    "running_mean": 2,
+    "running_var": 3,
+    "num_batches_tracked": 4,
+}
 _MAX_LISTED = 12
 
 
@@ -170,8 +199,14 @@ def _flat(state: nnx.State) -> list[tuple[tuple[Any, ...], Any]]:
     return list(nnx.to_flat_state(state))
 
 
-def from_torch(state_dict: Mapping[str, Any], params: nnx.State, batch_stats: nnx.State, *,
-               layout: str, keep: Collection[str] = ()) -> tuple[nnx.State, nnx.State]:
+def from_torch(
+    state_dict: Mapping[str, Any],
+    params: nnx.State,
+    batch_stats: nnx.State,
+    *,
+    layout: str,
+    keep: Collection[str] = (),
+) -> tuple[nnx.State, nnx.State]:
     """Loads a torch state_dict into copies of a Flax ResNet's `params` and `batch_stats`.
 
     Args:
@@ -224,20 +259,28 @@ def from_torch(state_dict: Mapping[str, Any], params: nnx.State, batch_stats: nn
             used.add(key)
             value = _to_flax_layout(np.asarray(state_dict[key]), leaf)
             if value.shape != tuple(target.shape):
-                mismatched.append(f"{key} (file {tuple(np.asarray(state_dict[key]).shape)}, "
-                                  f"model {_torch_shape(tuple(target.shape), leaf)})")
+                mismatched.append(
+                    f"{key} (file {tuple(np.asarray(state_dict[key]).shape)}, "
+                    f"model {_torch_shape(tuple(target.shape), leaf)})"
+                )
                 continue
             values[path] = np.ascontiguousarray(value, dtype=target.dtype)
         loaded.append(values)
-    unexpected = [k for k in state_dict
-                  if k not in used and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in used and not k.endswith("num_batches_tracked")]
     if missing or unexpected or mismatched:
         missing.sort(key=_order)
-        parts = [f"{name}: {_listed(items)}" for name, items in
-                 (("missing keys", missing), ("unexpected keys", unexpected),
-                  ("shape mismatches", mismatched)) if items]
-        raise PortError(f"the state_dict does not fit the model ({layout} layout): "
-                        + "; ".join(parts))
+        parts = [
+            f"{name}: {_listed(items)}"
+            for name, items in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches", mismatched),
+            )
+            if items
+        ]
+        raise PortError(
+            f"the state_dict does not fit the model ({layout} layout): " + "; ".join(parts)
+        )
     out = []
     for state, values in zip((params, batch_stats), loaded):
         new = jax.tree.map(lambda x: x, state)  # a copy of the structure
@@ -248,8 +291,13 @@ def from_torch(state_dict: Mapping[str, Any], params: nnx.State, batch_stats: nn
     return out[0], out[1]
 
 
-def to_torch(params: nnx.State, batch_stats: nnx.State, *, layout: str,
-             num_batches_tracked: int | Mapping[str, int] = 0) -> dict[str, np.ndarray]:
+def to_torch(
+    params: nnx.State,
+    batch_stats: nnx.State,
+    *,
+    layout: str,
+    num_batches_tracked: int | Mapping[str, int] = 0,
+) -> dict[str, np.ndarray]:
     """Exports a Flax ResNet's `params` and `batch_stats` as a torch-named state_dict (numpy).
 
     Args:
@@ -282,12 +330,16 @@ def to_torch(params: nnx.State, batch_stats: nnx.State, *, layout: str,
         for path, var in _flat(state):
             leaf = str(path[-1])
             out[torch_key(path, layout=layout)] = np.ascontiguousarray(
-                _to_torch_layout(np.asarray(var.get_value()), leaf))
+                _to_torch_layout(np.asarray(var.get_value()), leaf)
+            )
             if leaf == "mean":
                 key = torch_key(path, layout=layout).removesuffix("running_mean")
                 key += "num_batches_tracked"
-                n = (num_batches_tracked[key] if isinstance(num_batches_tracked, Mapping)
-                     else num_batches_tracked)
+                n = (
+                    num_batches_tracked[key]
+                    if isinstance(num_batches_tracked, Mapping)
+                    else num_batches_tracked
+                )
                 out[key] = np.asarray(int(n), np.int64)
     return {k: out[k] for k in sorted(out, key=_order)}
 
@@ -304,11 +356,16 @@ def checkpoint_info(state_dict: Mapping[str, Any], *, layout: str) -> dict[str, 
     stem = "conv1.weight" if layout == "torchvision" else "base.0.weight"
     absent = [k for k in (stem, f"{HEAD}.weight") if k not in state_dict]
     if absent:
-        raise PortError(f"not a {layout}-layout ResNet state_dict: missing keys: {_listed(absent)}"
-                        f" (it has {_listed(sorted(state_dict))})")
+        raise PortError(
+            f"not a {layout}-layout ResNet state_dict: missing keys: {_listed(absent)}"
+            f" (it has {_listed(sorted(state_dict))})"
+        )
     out_c, in_c = np.shape(state_dict[stem])[:2]
-    return {"width": int(out_c), "in_channels": int(in_c),
-            "num_classes": int(np.shape(state_dict[f"{HEAD}.weight"])[0])}
+    return {
+        "width": int(out_c),
+        "in_channels": int(in_c),
+        "num_classes": int(np.shape(state_dict[f"{HEAD}.weight"])[0]),
+    }
 
 
 def _import_torch(why: str):
@@ -326,8 +383,10 @@ def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
                 obj = obj[key]  # a training checkpoint {"model_state_dict": ..., "epoch": ...}
                 break
     if not isinstance(obj, Mapping) or not obj:
-        raise PortError(f"{path} does not hold a state_dict (a non-empty dict of tensors), got "
-                        f"{type(obj).__name__}")
+        raise PortError(
+            f"{path} does not hold a state_dict (a non-empty dict of tensors), got "
+            f"{type(obj).__name__}"
+        )
     if all(isinstance(k, str) and k.startswith("module.") for k in obj):
         obj = {k.removeprefix("module."): v for k, v in obj.items()}  # saved from DataParallel
     return obj
@@ -357,8 +416,10 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         try:
             from safetensors.numpy import load_file
         except ImportError:
-            raise PortError(f"reading {path} needs the safetensors package (pip install "
-                            "safetensors); it is not installed") from None
+            raise PortError(
+                f"reading {path} needs the safetensors package (pip install "
+                "safetensors); it is not installed"
+            ) from None
         try:
             return dict(load_file(path))
         except Exception as e:  # safetensors raises its own error types
@@ -368,8 +429,9 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError (weights_only refusal), RuntimeError, EOFError, ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise PortError(f"cannot read {path} as a torch state_dict (weights_only=True): "
-                        f"{first}") from None
+        raise PortError(
+            f"cannot read {path} as a torch state_dict (weights_only=True): {first}"
+        ) from None
     state_dict = _unwrap(obj, path)
     out = {}
     for key, value in state_dict.items():

@@ -35,12 +35,12 @@ from typing import Literal, NamedTuple
 from train._checks import check_int, check_real
 
 __all__ = [
-        "PlateauState",
-        "ReduceLROnPlateau",
-        "constant_lr",
-        "cosine_annealing_lr",
-        "reduce_lr_on_plateau",
-        "step_lr",
+    "PlateauState",
+    "ReduceLROnPlateau",
+    "constant_lr",
+    "cosine_annealing_lr",
+    "reduce_lr_on_plateau",
+    "step_lr",
 ]
 
 Schedule = Callable[[int], float]
@@ -182,12 +182,9 @@ def cosine_annealing_lr(base_lr: float, t_max: int, eta_min: float = 0.0) -> Sch
             if (e - 1 - t_max) % (2 * t_max) == 0:
                 lr = lr + (base_lr - eta_min) * (1 - math.cos(math.pi / t_max)) / 2
             else:
-                lr = (
-                        (1 + math.cos(math.pi * e / t_max))
-                        / (1 + math.cos(math.pi * (e - 1) / t_max))
-                        * (lr - eta_min)
-                        + eta_min
-                )
+                lr = (1 + math.cos(math.pi * e / t_max)) / (
+                    1 + math.cos(math.pi * (e - 1) / t_max)
+                ) * (lr - eta_min) + eta_min
         return lr
 
     return schedule
@@ -250,7 +247,7 @@ class ReduceLROnPlateau:
         """
         worst = math.inf if self.mode == "min" else -math.inf
         return PlateauState(
-                lr=self.base_lr, best=worst, num_bad_epochs=0, cooldown_counter=0, epoch=0
+            lr=self.base_lr, best=worst, num_bad_epochs=0, cooldown_counter=0, epoch=0
         )
 
     def _is_better(self, current: float, best: float) -> bool:
@@ -314,25 +311,25 @@ class ReduceLROnPlateau:
             num_bad_epochs = 0
 
         return PlateauState(
-                lr=lr,
-                best=best,
-                num_bad_epochs=num_bad_epochs,
-                cooldown_counter=cooldown_counter,
-                epoch=int(state.epoch) + 1,
+            lr=lr,
+            best=best,
+            num_bad_epochs=num_bad_epochs,
+            cooldown_counter=cooldown_counter,
+            epoch=int(state.epoch) + 1,
         )
 
 
 def reduce_lr_on_plateau(
-        base_lr: float,
-        *,
-        mode: Literal["min", "max"] = "min",
-        factor: float = 0.1,
-        patience: int = 10,
-        threshold: float = 1e-4,
-        threshold_mode: Literal["rel", "abs"] = "rel",
-        cooldown: int = 0,
-        min_lr: float = 0.0,
-        eps: float = 1e-8,
+    base_lr: float,
+    *,
+    mode: Literal["min", "max"] = "min",
+    factor: float = 0.1,
+    patience: int = 10,
+    threshold: float = 1e-4,
+    threshold_mode: Literal["rel", "abs"] = "rel",
+    cooldown: int = 0,
+    min_lr: float = 0.0,
+    eps: float = 1e-8,
 ) -> ReduceLROnPlateau:
     """``torch.optim.lr_scheduler.ReduceLROnPlateau``, every option, as a pure state machine.
 
@@ -380,13 +377,13 @@ def reduce_lr_on_plateau(
     if factor >= 1.0:
         raise ValueError(f"factor must be < 1.0, got {factor=}")
     return ReduceLROnPlateau(
-            base_lr=base_lr,
-            mode=mode,
-            factor=factor,
-            patience=check_int("patience", patience, minimum=0),
-            threshold=check_real("threshold", threshold, low=0.0),
-            threshold_mode=threshold_mode,
-            cooldown=check_int("cooldown", cooldown, minimum=0),
-            min_lr=check_real("min_lr", min_lr, low=0.0),
-            eps=check_real("eps", eps, low=0.0),
+        base_lr=base_lr,
+        mode=mode,
+        factor=factor,
+        patience=check_int("patience", patience, minimum=0),
+        threshold=check_real("threshold", threshold, low=0.0),
+        threshold_mode=threshold_mode,
+        cooldown=check_int("cooldown", cooldown, minimum=0),
+        min_lr=check_real("min_lr", min_lr, low=0.0),
+        eps=check_real("eps", eps, low=0.0),
     )

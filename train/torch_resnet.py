@@ -42,8 +42,9 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None):
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -65,8 +66,14 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """torchvision's `ResNet` with `BasicBlock` (depths `resnet18` (2, 2, 2, 2), 34 (3, 4, 6, 3))."""
 
-    def __init__(self, depths: tuple[int, ...], num_classes: int = 1000, *, width: int = 64,
-                 in_channels: int = 3):
+    def __init__(
+        self,
+        depths: tuple[int, ...],
+        num_classes: int = 1000,
+        *,
+        width: int = 64,
+        in_channels: int = 3,
+    ):
         super().__init__()
         self.inplanes = width
         self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
@@ -83,8 +90,9 @@ class ResNet(nn.Module):
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, stride, bias=False),
-                                       nn.BatchNorm2d(planes))
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
         layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
         self.inplanes = planes
         layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
@@ -105,16 +113,19 @@ class ResidualBlock(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.conv_block = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1,
-                      bias=False),
+            nn.Conv2d(
+                in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False
+            ),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(),
             nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels))
+            nn.BatchNorm2d(out_channels),
+        )
         if self.stride != 1 or self.in_channels != self.out_channels:
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels))
+                nn.BatchNorm2d(out_channels),
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv_block(x)
@@ -126,14 +137,21 @@ class ResidualBlock(nn.Module):
 class CifarResNet(nn.Module):
     """Seed 004's `ResNet(num_blocks, num_classes=10)` (`width` replaces its hard-coded 64)."""
 
-    def __init__(self, num_blocks: tuple[int, ...], num_classes: int = 10, *, width: int = 64,
-                 in_channels: int = 3):
+    def __init__(
+        self,
+        num_blocks: tuple[int, ...],
+        num_classes: int = 10,
+        *,
+        width: int = 64,
+        in_channels: int = 3,
+    ):
         super().__init__()
         self.in_channels = width
         self.base = nn.Sequential(
             nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False),
             nn.BatchNorm2d(width),
-            nn.ReLU())
+            nn.ReLU(),
+        )
         self.layer1 = self._make_layer(width, num_blocks[0], stride=1)
         self.layer2 = self._make_layer(width * 2, num_blocks[1], stride=2)
         self.layer3 = self._make_layer(width * 4, num_blocks[2], stride=2)
@@ -166,7 +184,9 @@ def build(name: str, *, num_classes: int, width: int = 64, in_channels: int = 3)
     """
     base = name.removesuffix("_cifar")
     if base not in DEPTHS:
-        raise ValueError(f"no torch reference for {name=}; choose one of "
-                         f"{sorted(DEPTHS) + [n + '_cifar' for n in sorted(DEPTHS)]}")
+        raise ValueError(
+            f"no torch reference for {name=}; choose one of "
+            f"{sorted(DEPTHS) + [n + '_cifar' for n in sorted(DEPTHS)]}"
+        )
     cls = CifarResNet if name.endswith("_cifar") else ResNet
     return cls(DEPTHS[base], num_classes, width=width, in_channels=in_channels)

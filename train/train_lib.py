@@ -70,8 +70,9 @@ class TrainState:
         return nnx.merge(self.graphdef, self.params, self.batch_stats)
 
 
-def create_train_state(config: Config, *, num_classes: int, image_shape: tuple[int, int, int],
-                       key: jax.Array) -> TrainState:
+def create_train_state(
+    config: Config, *, num_classes: int, image_shape: tuple[int, int, int], key: jax.Array
+) -> TrainState:
     """Initialises the model (under `jit`, so it is fast) and the optimiser.
 
     Args:
@@ -91,17 +92,30 @@ def create_train_state(config: Config, *, num_classes: int, image_shape: tuple[i
       >>> s.step.dtype, s.params["fc3"]["kernel"].shape
       (dtype('int32'), (84, 3))
     """
-    tx = _optimizer(config.optimizer, learning_rate=config.lr, momentum=config.momentum,
-                    nesterov=config.nesterov, weight_decay=config.weight_decay,
-                    accum_steps=config.accum)
+    tx = _optimizer(
+        config.optimizer,
+        learning_rate=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+        accum_steps=config.accum,
+    )
     if config.freeze_backbone:
         from train import finetune
+
         tx = finetune.freeze_backbone(tx)  # only the classifier head trains
-    graphdef, init = _initializer(config.model, num_classes, tuple(image_shape), config.dtype,
-                                  config.width, tx)
+    graphdef, init = _initializer(
+        config.model, num_classes, tuple(image_shape), config.dtype, config.width, tx
+    )
     params, batch_stats, opt_state = init(key)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=opt_state, graphdef=graphdef, tx=tx)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        graphdef=graphdef,
+        tx=tx,
+    )
 
 
 # Cached so that repeated runs in one process (tests, sweeps) reuse the same static objects and
@@ -111,19 +125,33 @@ _loss = functools.lru_cache(maxsize=16)(losses.create_loss)
 
 
 @functools.lru_cache(maxsize=16)
-def _initializer(model: str, num_classes: int, image_shape: tuple[int, int, int], dtype: str,
-                 width: int | None, tx: optax.GradientTransformation):
-    build = functools.partial(models.create_model, model, num_classes=num_classes,
-                              image_shape=image_shape, dtype=_DTYPES[dtype], width=width)
-    graphdef, _, _, rest = nnx.split(nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0))),
-                                     nnx.Param, nnx.BatchStat, ...)
+def _initializer(
+    model: str,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    dtype: str,
+    width: int | None,
+    tx: optax.GradientTransformation,
+):
+    build = functools.partial(
+        models.create_model,
+        model,
+        num_classes=num_classes,
+        image_shape=image_shape,
+        dtype=_DTYPES[dtype],
+        width=width,
+    )
+    graphdef, _, _, rest = nnx.split(
+        nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0))), nnx.Param, nnx.BatchStat, ...
+    )
     if jax.tree.leaves(rest):
         raise ValueError(f"model {model!r} holds state other than params and batch stats")
 
     @jax.jit
     def init(key):
-        _, params, batch_stats, _ = nnx.split(build(rngs=nnx.Rngs(key)), nnx.Param, nnx.BatchStat,
-                                              ...)
+        _, params, batch_stats, _ = nnx.split(
+            build(rngs=nnx.Rngs(key)), nnx.Param, nnx.BatchStat, ...
+        )
         return params, batch_stats, tx.init(params)
 
     return graphdef, init
@@ -132,15 +160,25 @@ def _initializer(model: str, num_classes: int, image_shape: tuple[int, int, int]
 @functools.lru_cache(maxsize=16)
 def _compiled_steps(loss_fn: losses.LossFn, num_classes: int, disturb_label: float):
     # The state's buffers are donated: the step updates them in place (CPU included).
-    train_fn = jax.jit(functools.partial(train_step, loss_fn=loss_fn, num_classes=num_classes,
-                                         disturb_label=disturb_label), donate_argnums=0)
+    train_fn = jax.jit(
+        functools.partial(
+            train_step, loss_fn=loss_fn, num_classes=num_classes, disturb_label=disturb_label
+        ),
+        donate_argnums=0,
+    )
     eval_fn = jax.jit(functools.partial(eval_step, loss_fn=loss_fn))
     return train_fn, eval_fn
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *,
-               loss_fn: losses.LossFn, num_classes: int,
-               disturb_label: float = 0.0) -> tuple[TrainState, metrics.Metrics]:
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    key: jax.Array,
+    *,
+    loss_fn: losses.LossFn,
+    num_classes: int,
+    disturb_label: float = 0.0,
+) -> tuple[TrainState, metrics.Metrics]:
     """One optimiser (or accumulation micro-) step; pure, meant for `jax.jit`.
 
     Args:
@@ -174,8 +212,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *
     mask = batch.get("mask")
     targets = labels
     if disturb_label > 0:
-        targets = jaxloss.disturb_labels(disturb_key, labels, alpha=disturb_label,
-                                         num_classes=num_classes)
+        targets = jaxloss.disturb_labels(
+            disturb_key, labels, alpha=disturb_label, num_classes=num_classes
+        )
 
     def compute_loss(params, batch_stats):
         # copy=True: fresh Variables at this trace level, so BatchNorm may update them under grad
@@ -185,16 +224,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *
         return loss, (logits, nnx.state(model, nnx.BatchStat))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
-        state.params, state.batch_stats)
+        state.params, state.batch_stats
+    )
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state)
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
     return new_state, metrics.batch_metrics(logits, labels, loss, mask)
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
-              loss_fn: losses.LossFn) -> metrics.Metrics:
+def eval_step(
+    state: TrainState, batch: dict[str, jax.Array], *, loss_fn: losses.LossFn
+) -> metrics.Metrics:
     """Metrics of one evaluation batch (running BatchNorm statistics, no dropout); pure.
 
     Masked (padding) examples count neither in the loss nor in the confusion matrix.
@@ -210,12 +252,17 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
     """
     logits = state.model()(batch["image"], train=False)
     mask = batch.get("mask")
-    return metrics.batch_metrics(logits, batch["label"], loss_fn(logits, batch["label"], mask),
-                                 mask)
+    return metrics.batch_metrics(
+        logits, batch["label"], loss_fn(logits, batch["label"], mask), mask
+    )
 
 
-def evaluate(eval_fn: Callable[..., metrics.Metrics], state: TrainState,
-             batches: Iterable[dict[str, Any]], num_classes: int) -> metrics.Metrics:
+def evaluate(
+    eval_fn: Callable[..., metrics.Metrics],
+    state: TrainState,
+    batches: Iterable[dict[str, Any]],
+    num_classes: int,
+) -> metrics.Metrics:
     """Sums `eval_fn(state, batch)` over `batches` on device (no host sync).
 
     Examples:
@@ -238,9 +285,14 @@ class _Scheduler:
         self.fn = None
         if config.schedule == "plateau":
             self.plateau = schedules.reduce_lr_on_plateau(
-                config.lr, mode=config.plateau_mode, factor=config.plateau_factor,
-                patience=config.plateau_patience, threshold=config.plateau_threshold,
-                cooldown=config.plateau_cooldown, min_lr=config.plateau_min_lr)
+                config.lr,
+                mode=config.plateau_mode,
+                factor=config.plateau_factor,
+                patience=config.plateau_patience,
+                threshold=config.plateau_threshold,
+                cooldown=config.plateau_cooldown,
+                min_lr=config.plateau_min_lr,
+            )
         else:
             self.fn = make_schedule(config)
 
@@ -311,7 +363,7 @@ class LoopState:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LoopState":
+    def from_dict(cls, d: dict[str, Any]) -> LoopState:
         d = dict(d)
         d["best_val_loss"] = math.inf if d["best_val_loss"] is None else d["best_val_loss"]
         d["best_val_f1"] = -math.inf if d["best_val_f1"] is None else d["best_val_f1"]
@@ -319,8 +371,16 @@ class LoopState:
 
 
 # Fields that may change when a run is resumed; any other difference is a different run.
-_RESUMABLE = ("resume", "export_torch", "epochs", "early_stopping", "limit_train_batches", "plot", "cache_dir",
-              "data_dir")
+_RESUMABLE = (
+    "resume",
+    "export_torch",
+    "epochs",
+    "early_stopping",
+    "limit_train_batches",
+    "plot",
+    "cache_dir",
+    "data_dir",
+)
 
 
 def _check_same_run(config: Config, workdir: str) -> None:
@@ -329,11 +389,18 @@ def _check_same_run(config: Config, workdir: str) -> None:
         return
     with open(path) as f:
         old = Config.from_json(f.read())
-    differ = [f.name for f in dataclasses.fields(Config)
-              if f.name not in _RESUMABLE and getattr(old, f.name) != getattr(config, f.name)]
+    differ = [
+        f.name
+        for f in dataclasses.fields(Config)
+        if f.name not in _RESUMABLE and getattr(old, f.name) != getattr(config, f.name)
+    ]
     if differ:
-        raise ValueError(f"--resume with settings that differ from {path}: " + ", ".join(
-            f"{name}={getattr(config, name)!r} (was {getattr(old, name)!r})" for name in differ))
+        raise ValueError(
+            f"--resume with settings that differ from {path}: "
+            + ", ".join(
+                f"{name}={getattr(config, name)!r} (was {getattr(old, name)!r})" for name in differ
+            )
+        )
 
 
 def _write_jsonl(path: str, records: list[dict[str, Any]]) -> None:
@@ -349,8 +416,15 @@ def _progress(iterable, total: int, desc: str):
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency of the trainer
         return iterable
-    return tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True,
-                disable=None)
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        leave=False,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=None,
+    )
 
 
 def _limit(batches, n: int | None):
@@ -360,23 +434,30 @@ def _limit(batches, n: int | None):
         yield b
 
 
-def _export_torch(config: Config, ckpt: checkpoints.Checkpoints, state: TrainState,
-                  log: Callable[[str], None]) -> None:
+def _export_torch(
+    config: Config, ckpt: checkpoints.Checkpoints, state: TrainState, log: Callable[[str], None]
+) -> None:
     """Writes the best-by-val-loss state (else the last) as a torch state_dict."""
     from train import port
+
     best_step = ckpt.best_step("best_loss")
     if best_step is not None:
         state = ckpt.restore_best("best_loss", state)
     # torch's num_batches_tracked counts train-mode forward passes: this run's micro-steps
-    state_dict = port.to_torch(state.params, state.batch_stats, layout=port.LAYOUTS[config.model],
-                               num_batches_tracked=int(state.step))
+    state_dict = port.to_torch(
+        state.params,
+        state.batch_stats,
+        layout=port.LAYOUTS[config.model],
+        num_batches_tracked=int(state.step),
+    )
     port.save_state_dict(state_dict, config.export_torch)
     which = f"best val loss, epoch {best_step}" if best_step is not None else "last epoch"
     log(f"exported the model ({which}) as a torch state_dict to {config.export_torch}")
 
 
-def train_and_evaluate(config: Config, workdir: str, *, data: Any | None = None,
-                       log: Callable[[str], None] = print) -> dict[str, Any]:
+def train_and_evaluate(
+    config: Config, workdir: str, *, data: Any | None = None, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Trains and evaluates a model; writes config.json, metrics.jsonl, checkpoints/, curves.png.
 
     Args:
@@ -402,23 +483,39 @@ def train_and_evaluate(config: Config, workdir: str, *, data: Any | None = None,
     workdir = os.path.abspath(workdir)
     if data is None:
         from train import data as data_lib
+
         data = data_lib.build_input(
-            dataset=config.dataset, data_dir=config.data_dir, batch_size=config.batch_size,
-            eval_batch_size=config.eval_batch_size, val_fraction=config.val_fraction,
-            imbalance=config.imbalance, augment=config.augment, image_size=config.image_size,
-            seed=config.seed, cache_dir=config.cache_dir)
+            dataset=config.dataset,
+            data_dir=config.data_dir,
+            batch_size=config.batch_size,
+            eval_batch_size=config.eval_batch_size,
+            val_fraction=config.val_fraction,
+            imbalance=config.imbalance,
+            augment=config.augment,
+            image_size=config.image_size,
+            seed=config.seed,
+            cache_dir=config.cache_dir,
+        )
     if data.val_size == 0:
-        raise ValueError("the run needs a validation split: set val_fraction > 0, "
-                         f"got val_fraction={config.val_fraction}")
+        raise ValueError(
+            "the run needs a validation split: set val_fraction > 0, "
+            f"got val_fraction={config.val_fraction}"
+        )
     num_classes = data.num_classes
     loss_fn = _loss(
-        config.loss, num_classes=num_classes, focal_gamma=config.focal_gamma,
-        focal_alpha=config.focal_alpha, label_smoothing=config.label_smoothing,
-        smoothing_spread=config.smoothing_spread, f1_epsilon=config.f1_epsilon)
+        config.loss,
+        num_classes=num_classes,
+        focal_gamma=config.focal_gamma,
+        focal_alpha=config.focal_alpha,
+        label_smoothing=config.label_smoothing,
+        smoothing_spread=config.smoothing_spread,
+        f1_epsilon=config.f1_epsilon,
+    )
     scheduler = _Scheduler(config)
     torch_weights = None
     if config.init_from:  # fine-tuning (seed 000): the width comes from the checkpoint
         from train import port
+
         torch_weights = port.load_state_dict(config.init_from)
         width = port.checkpoint_info(torch_weights, layout=port.LAYOUTS[config.model])["width"]
         if width != config.width:
@@ -430,20 +527,25 @@ def train_and_evaluate(config: Config, workdir: str, *, data: Any | None = None,
     # platform. Dropout and DisturbLabel use threefry keys folded with the step.
     init_key = jax.random.key(config.seed, impl="rbg")
     step_key = jax.random.fold_in(jax.random.key(config.seed), 1)
-    state = create_train_state(config, num_classes=num_classes, image_shape=data.image_shape,
-                               key=init_key)
+    state = create_train_state(
+        config, num_classes=num_classes, image_shape=data.image_shape, key=init_key
+    )
     if torch_weights is not None:
         from train import finetune
-        state = finetune.init_from_torch(state, torch_weights, model=config.model,
-                                         num_classes=num_classes, log=log)
+
+        state = finetune.init_from_torch(
+            state, torch_weights, model=config.model, num_classes=num_classes, log=log
+        )
     os.makedirs(workdir, exist_ok=True)  # only once data and model are known to be good
     ckpt = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"))
     loop = LoopState(plateau=scheduler.init())
     if ckpt.latest_step() is not None:
         try:
             if not config.resume:
-                raise ValueError(f"{workdir} already holds checkpoints: pass --resume to continue "
-                                 "the run or choose another --workdir")
+                raise ValueError(
+                    f"{workdir} already holds checkpoints: pass --resume to continue "
+                    "the run or choose another --workdir"
+                )
             _check_same_run(config, workdir)
         except ValueError:
             ckpt.close()
@@ -459,8 +561,10 @@ def train_and_evaluate(config: Config, workdir: str, *, data: Any | None = None,
     if config.limit_train_batches is not None:
         steps = min(steps, config.limit_train_batches)
     if steps == 0:
-        raise ValueError(f"batch_size={config.batch_size} is larger than the training set "
-                         f"({data.train_size} examples)")
+        raise ValueError(
+            f"batch_size={config.batch_size} is larger than the training set "
+            f"({data.train_size} examples)"
+        )
 
     while loop.epoch < config.epochs and not loop.stopped:
         epoch = loop.epoch
@@ -474,13 +578,18 @@ def train_and_evaluate(config: Config, workdir: str, *, data: Any | None = None,
             train_sums = train_sums + m
         val_sums = evaluate(eval_fn, state, data.eval_batches("val"), num_classes)
         train_m, val_m = jax.device_get((train_sums, val_sums))  # the epoch's one host sync
-        record = {"epoch": epoch + 1, "lr": lr, **metrics.summarize(train_m, "train_"),
-                  **metrics.summarize(val_m, "val_", confusion=num_classes <= 100)}
+        record = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            **metrics.summarize(train_m, "train_"),
+            **metrics.summarize(val_m, "val_", confusion=num_classes <= 100),
+        }
         record["time_s"] = round(time.perf_counter() - start, 3)
 
         loop.epoch = epoch + 1
-        loop.plateau = scheduler.update(loop.plateau, record["val_loss"], record["val_f1"],
-                                        config.plateau_mode)
+        loop.plateau = scheduler.update(
+            loop.plateau, record["val_loss"], record["val_f1"], config.plateau_mode
+        )
         improved_loss = record["val_loss"] < loop.best_val_loss
         improved_f1 = record["val_f1"] > loop.best_val_f1
         if improved_loss:
@@ -499,10 +608,12 @@ def train_and_evaluate(config: Config, workdir: str, *, data: Any | None = None,
             ckpt.save_best("best_f1", loop.epoch, state, record)
         ckpt.save_latest(loop.epoch, state, loop.to_dict())
         _write_jsonl(metrics_path, loop.history)
-        log(f"epoch {loop.epoch}/{config.epochs}  lr {lr:.3g}  "
+        log(
+            f"epoch {loop.epoch}/{config.epochs}  lr {lr:.3g}  "
             f"train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}  "
             f"val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f} "
-            f"f1 {record['val_f1']:.4f}  ({record['time_s']:.1f}s)")
+            f"f1 {record['val_f1']:.4f}  ({record['time_s']:.1f}s)"
+        )
         if loop.stopped:
             log(f"early stopping: val loss has not improved for {loop.bad_epochs} epochs")
 
@@ -511,15 +622,18 @@ def train_and_evaluate(config: Config, workdir: str, *, data: Any | None = None,
         best = ckpt.restore_best("best_loss", state)
         test_m = jax.device_get(evaluate(eval_fn, best, data.eval_batches("test"), num_classes))
         summary.update(metrics.summarize(test_m, "test_"))
-        log(f"test (best val loss, epoch {ckpt.best_step('best_loss')}): "
+        log(
+            f"test (best val loss, epoch {ckpt.best_step('best_loss')}): "
             f"loss {summary['test_loss']:.4f} acc {summary['test_accuracy']:.4f} "
-            f"f1 {summary['test_f1']:.4f}")
+            f"f1 {summary['test_f1']:.4f}"
+        )
     if config.export_torch:
         _export_torch(config, ckpt, state, log)
         summary["export_torch"] = os.path.abspath(config.export_torch)
     ckpt.close()
     if config.plot and loop.history:
         from train import plots
+
         plots.plot_curves(loop.history, os.path.join(workdir, "curves.png"))
     summary["workdir"] = workdir
     return summary

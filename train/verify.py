@@ -42,22 +42,41 @@ def build_parser() -> argparse.ArgumentParser:
       >>> args.model, args.num_classes, args.image_size
       ('resnet34', None, None)
     """
-    p = _Parser(prog="python -m train.verify", description=__doc__.splitlines()[0],
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(
+        prog="python -m train.verify",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("checkpoint", help="torch state_dict file (.pth/.pt; .safetensors if installed)")
-    p.add_argument("--model", choices=_MODELS, required=True,
-                   help="architecture; resnet18/34: torchvision names, *_cifar: seed-004 names")
-    p.add_argument("--num-classes", type=int, default=None,
-                   help="expected class count (default: the rows of the checkpoint's fc.weight)")
-    p.add_argument("--images", default=None,
-                   help="float32 .npy batch (N, C, H, W) to verify on instead of random images")
+    p.add_argument(
+        "--model",
+        choices=_MODELS,
+        required=True,
+        help="architecture; resnet18/34: torchvision names, *_cifar: seed-004 names",
+    )
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="expected class count (default: the rows of the checkpoint's fc.weight)",
+    )
+    p.add_argument(
+        "--images",
+        default=None,
+        help="float32 .npy batch (N, C, H, W) to verify on instead of random images",
+    )
     p.add_argument("--batch-size", type=int, default=2, help="random images: how many")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="random images: side (default 224, *_cifar 32)")
+    p.add_argument(
+        "--image-size", type=int, default=None, help="random images: side (default 224, *_cifar 32)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random images: seed")
     p.add_argument("--save-logits", default=None, help="write the Flax logits to this .npy file")
-    p.add_argument("--atol", type=float, default=None,
-                   help="exit with status 1 if the max difference exceeds this")
+    p.add_argument(
+        "--atol",
+        type=float,
+        default=None,
+        help="exit with status 1 if the max difference exceeds this",
+    )
     return p
 
 
@@ -68,13 +87,15 @@ def _images(args: argparse.Namespace, in_channels: int) -> np.ndarray:
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot read --images {args.images}: {e}") from None
         if x.ndim != 4 or x.shape[1] != in_channels or x.dtype != np.float32:
-            raise ValueError(f"--images must be float32 (N, {in_channels}, H, W) NCHW, got "
-                             f"{x.dtype} {x.shape}")
+            raise ValueError(
+                f"--images must be float32 (N, {in_channels}, H, W) NCHW, got {x.dtype} {x.shape}"
+            )
         return x
     size = args.image_size or (32 if args.model.endswith("_cifar") else 224)
     if args.batch_size < 1 or size < 1:
-        raise ValueError(f"--batch-size and --image-size must be >= 1, got {args.batch_size=}, "
-                         f"{size=}")
+        raise ValueError(
+            f"--batch-size and --image-size must be >= 1, got {args.batch_size=}, {size=}"
+        )
     rng = np.random.default_rng(args.seed)
     return rng.normal(size=(args.batch_size, in_channels, size, size)).astype(np.float32)
 
@@ -95,19 +116,32 @@ def verify(args: argparse.Namespace, log=print) -> float:
     layout = port.LAYOUTS[args.model]
     info = port.checkpoint_info(state_dict, layout=layout)
     if args.num_classes is not None and args.num_classes != info["num_classes"]:
-        raise ValueError(f"--num-classes {args.num_classes} but the checkpoint's head has "
-                         f"{info['num_classes']} rows (fc.weight {state_dict['fc.weight'].shape})")
+        raise ValueError(
+            f"--num-classes {args.num_classes} but the checkpoint's head has "
+            f"{info['num_classes']} rows (fc.weight {state_dict['fc.weight'].shape})"
+        )
     x = _images(args, info["in_channels"])
-    abstract = nnx.eval_shape(lambda: models.create_model(
-        args.model, num_classes=info["num_classes"], width=info["width"],
-        image_shape=(x.shape[2], x.shape[3], info["in_channels"]), rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(
+        lambda: models.create_model(
+            args.model,
+            num_classes=info["num_classes"],
+            width=info["width"],
+            image_shape=(x.shape[2], x.shape[3], info["in_channels"]),
+            rngs=nnx.Rngs(0),
+        )
+    )
     graphdef, params, stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
     params, stats = port.from_torch(state_dict, params, stats, layout=layout)
 
-    torch_model = torch_resnet.build(args.model, num_classes=info["num_classes"],
-                                     width=info["width"], in_channels=info["in_channels"])
-    torch_model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()},
-                                strict=True)
+    torch_model = torch_resnet.build(
+        args.model,
+        num_classes=info["num_classes"],
+        width=info["width"],
+        in_channels=info["in_channels"],
+    )
+    torch_model.load_state_dict(
+        {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, strict=True
+    )
     with torch.no_grad():
         expected = torch_model.eval()(torch.from_numpy(x)).numpy()
 
@@ -117,13 +151,17 @@ def verify(args: argparse.Namespace, log=print) -> float:
 
     logits = np.asarray(forward(params, stats, x.transpose(0, 2, 3, 1)))
     if logits.shape != expected.shape:  # e.g. seed 004's AvgPool2d(4) at sizes other than 32
-        raise ValueError(f"torch logits {expected.shape} and Flax logits {logits.shape} differ in "
-                         f"shape for images {x.shape}")
+        raise ValueError(
+            f"torch logits {expected.shape} and Flax logits {logits.shape} differ in "
+            f"shape for images {x.shape}"
+        )
     if args.save_logits is not None:
         np.save(args.save_logits, logits)
     diff = float(np.abs(logits - expected).max())
-    log(f"{args.model} ({layout} layout), {info['num_classes']} classes, width {info['width']}, "
-        f"images {tuple(x.shape)} NCHW{'' if args.images else ' (random)'}")
+    log(
+        f"{args.model} ({layout} layout), {info['num_classes']} classes, width {info['width']}, "
+        f"images {tuple(x.shape)} NCHW{'' if args.images else ' (random)'}"
+    )
     log(f"max |logit| = {float(np.abs(expected).max()):.4g}")
     return diff
 

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train.data.augment import normalize, pad_crop_flip, random_resized_crop, resize_center_crop, resize_images
+from train.data.augment import (
+    normalize,
+    pad_crop_flip,
+    random_resized_crop,
+    resize_center_crop,
+    resize_images,
+)
 
 
 def _batch(b=64, h=6, w=6, c=2):
@@ -20,7 +26,12 @@ def test_pad_crop_is_a_zero_filled_shift_within_pad():
     shifts = set()
     for xi, yi in zip(x, y):
         padded = np.pad(xi, ((2, 2), (2, 2), (0, 0)))
-        found = [(dy, dx) for dy in range(5) for dx in range(5) if np.array_equal(yi, padded[dy : dy + 6, dx : dx + 6])]
+        found = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if np.array_equal(yi, padded[dy : dy + 6, dx : dx + 6])
+        ]
         assert len(found) == 1
         shifts.add(found[0])
     assert len(shifts) > 15  # offsets cover most of the 25 positions
@@ -51,15 +62,21 @@ def test_normalize_values():
 
 def test_random_resized_crop_full_area_is_a_plain_resize():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 12, 3), dtype=np.uint8))
-    out = random_resized_crop(image, np.random.default_rng(0), size=6, scale=(1.0, 1.0), ratio=(1.0, 1.0))
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(image.resize((6, 6), Image.Resampling.BILINEAR)))
+    out = random_resized_crop(
+        image, np.random.default_rng(0), size=6, scale=(1.0, 1.0), ratio=(1.0, 1.0)
+    )
+    np.testing.assert_array_equal(
+        np.asarray(out), np.asarray(image.resize((6, 6), Image.Resampling.BILINEAR))
+    )
 
 
 def test_random_resized_crop_fallback_is_central():
     # A 40x10 image cannot hold a crop of ratio <= 4/3 with area >= 90% in ten tries:
     # torchvision falls back to the central 13x10 crop (ratio clamped to 4/3).
     array = np.random.default_rng(0).integers(0, 256, (10, 40, 3), dtype=np.uint8)
-    out = random_resized_crop(Image.fromarray(array), np.random.default_rng(0), size=5, scale=(0.9, 1.0))
+    out = random_resized_crop(
+        Image.fromarray(array), np.random.default_rng(0), size=5, scale=(0.9, 1.0)
+    )
     want = Image.fromarray(array).crop((13, 0, 26, 10)).resize((5, 5), Image.Resampling.BILINEAR)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(want))
 
@@ -78,8 +95,12 @@ def test_resize_center_crop_matches_torchvision_rule():
     # Resize(224 * 8 // 7 = 256) on the short side, then the central 224x224.
     array = np.random.default_rng(0).integers(0, 256, (300, 500, 3), dtype=np.uint8)
     out = resize_center_crop(Image.fromarray(array), size=224)
-    resized = Image.fromarray(array).resize((426, 256), Image.Resampling.BILINEAR)  # int(256 * 500 / 300) = 426
-    want = resized.crop((101, 16, 325, 240))  # round((426 - 224) / 2) = 101, round((256 - 224) / 2) = 16
+    resized = Image.fromarray(array).resize(
+        (426, 256), Image.Resampling.BILINEAR
+    )  # int(256 * 500 / 300) = 426
+    want = resized.crop(
+        (101, 16, 325, 240)
+    )  # round((426 - 224) / 2) = 101, round((256 - 224) / 2) = 16
     np.testing.assert_array_equal(np.asarray(out), np.asarray(want))
 
 

@@ -41,7 +41,10 @@ class _StandinMnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return tfds.core.DatasetInfo(
             builder=self,
             features=tfds.features.FeaturesDict(
-                {"image": tfds.features.Image(shape=(28, 28, 1)), "label": tfds.features.ClassLabel(num_classes=10)}
+                {
+                    "image": tfds.features.Image(shape=(28, 28, 1)),
+                    "label": tfds.features.ClassLabel(num_classes=10),
+                }
             ),
             supervised_keys=("image", "label"),
         )
@@ -74,7 +77,11 @@ class JaxlossStandinTiny(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples(30), "validation": self._generate_examples(9), "test": self._generate_examples(6)}
+        return {
+            "train": self._generate_examples(30),
+            "validation": self._generate_examples(9),
+            "test": self._generate_examples(6),
+        }
 
     def _generate_examples(self, n):
         for i in range(n):
@@ -98,7 +105,9 @@ def test_catalog_mnist_reads_through_the_registered_builder(data_dir):
     for split, (n, seed) in {"train": (60, 1), "test": (25, 2)}.items():
         images, labels = ds.splits[split]
         want_images, want_labels = _mnist_like(n, seed)
-        assert images.shape == (n, 28, 28, 1) and images.dtype == np.uint8 and labels.dtype == np.int32
+        assert (
+            images.shape == (n, 28, 28, 1) and images.dtype == np.uint8 and labels.dtype == np.int32
+        )
         got = sorted(zip((im.tobytes() for im in images), labels.tolist()))
         want = sorted(zip((im.tobytes() for im in want_images), want_labels.tolist()))
         assert got == want  # every (image, label) pair exactly once, pixels lossless (PNG)
@@ -106,22 +115,39 @@ def test_catalog_mnist_reads_through_the_registered_builder(data_dir):
 
 
 def test_build_input_on_catalog_mnist(data_dir):
-    inp = build_input(dataset="mnist", data_dir=data_dir, batch_size=8, eval_batch_size=10, augment=False, val_fraction=0.25)
+    inp = build_input(
+        dataset="mnist",
+        data_dir=data_dir,
+        batch_size=8,
+        eval_batch_size=10,
+        augment=False,
+        val_fraction=0.25,
+    )
     assert (inp.num_classes, inp.image_shape) == (10, (28, 28, 1))
     assert (inp.train_size, inp.val_size, inp.test_size, inp.steps_per_epoch) == (45, 15, 25, 5)
     test_batches = list(inp.eval_batches("test"))
     assert len(test_batches) == 3 and int(sum(b["mask"].sum() for b in test_batches)) == 25
-    images = np.concatenate([b["image"] for b in test_batches])[np.concatenate([b["mask"] for b in test_batches])]
+    images = np.concatenate([b["image"] for b in test_batches])[
+        np.concatenate([b["mask"] for b in test_batches])
+    ]
     raw = (images.astype(np.float64) * MNIST_STD + MNIST_MEAN) * 255  # MNIST's own normalisation
     np.testing.assert_allclose(raw, np.round(raw), atol=1e-3)
     want, _ = _mnist_like(25, 2)
-    assert sorted(im.tobytes() for im in np.round(raw).astype(np.uint8)) == sorted(im.tobytes() for im in want)
+    assert sorted(im.tobytes() for im in np.round(raw).astype(np.uint8)) == sorted(
+        im.tobytes() for im in want
+    )
     batch = next(build_input(dataset="mnist", data_dir=data_dir, batch_size=8).train_batches(0))
     assert batch["image"].shape == (8, 28, 28, 1) and batch["label"].dtype == np.int32
 
 
 def test_registered_name_with_own_validation_split(data_dir):
-    inp = build_input(dataset="jaxloss_standin_tiny", data_dir=data_dir, batch_size=4, eval_batch_size=4, val_fraction=0.5)
+    inp = build_input(
+        dataset="jaxloss_standin_tiny",
+        data_dir=data_dir,
+        batch_size=4,
+        eval_batch_size=4,
+        val_fraction=0.5,
+    )
     assert inp.class_names == ("a", "b", "c") and inp.image_shape == (4, 4, 3)
     # The dataset's validation split is used as is; val_fraction does not carve the train split.
     assert (inp.train_size, inp.val_size, inp.test_size) == (30, 9, 6)
@@ -129,14 +155,20 @@ def test_registered_name_with_own_validation_split(data_dir):
     assert mask.tolist() == [True] * 9 + [False] * 3
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None, reason="with TensorFlow it would download")
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is not None, reason="with TensorFlow it would download"
+)
 def test_unprepared_catalog_dataset_is_a_clear_error(tmp_path):
-    with pytest.raises(DataError, match=r"'mnist' is not prepared in .*tfds build mnist --file_format=array_record"):
+    with pytest.raises(
+        DataError, match=r"'mnist' is not prepared in .*tfds build mnist --file_format=array_record"
+    ):
         build_input(dataset="mnist", data_dir=str(tmp_path))
 
 
 def test_unknown_dataset_name_is_a_clear_error(tmp_path):
-    with pytest.raises(DataError, match=r"^unknown dataset 'no_such_set_xyz': not 'digits', 'imagefolder'"):
+    with pytest.raises(
+        DataError, match=r"^unknown dataset 'no_such_set_xyz': not 'digits', 'imagefolder'"
+    ):
         build_input(dataset="no_such_set_xyz", data_dir=str(tmp_path))
 
 

@@ -86,7 +86,11 @@ def test_build_input_prepares_into_jaxloss_data_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("JAXLOSS_DATA_DIR", str(tmp_path))
     inp = build_input(batch_size=32)
     assert os.path.isfile(tmp_path / "jaxloss_digits" / "1.0.0" / "dataset_info.json")
-    assert (inp.num_classes, inp.image_shape, inp.class_names) == (10, (8, 8, 1), tuple("0123456789"))
+    assert (inp.num_classes, inp.image_shape, inp.class_names) == (
+        10,
+        (8, 8, 1),
+        tuple("0123456789"),
+    )
     assert (inp.train_size, inp.val_size, inp.test_size) == (1438, 359, 0)
     assert inp.steps_per_epoch == 1438 // 32
 

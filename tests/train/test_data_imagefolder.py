@@ -25,14 +25,20 @@ def _write_split(root, split, counts, fmt="png"):
         for i in range(n):
             ext = fmt if i % 2 == 0 else "JPG"  # mixed formats, upper-case extension
             image = Image.new("RGB", SIZES[i % len(SIZES)], COLOURS[name])
-            image.save(os.path.join(folder, f"{i:03d}.{ext}"), format="PNG" if ext == "png" else "JPEG", quality=100)
+            image.save(
+                os.path.join(folder, f"{i:03d}.{ext}"),
+                format="PNG" if ext == "png" else "JPEG",
+                quality=100,
+            )
 
 
 @pytest.fixture
 def root(tmp_path):
     _write_split(tmp_path, "train", {"zebra": 5, "ant": 4, "cat": 3})
     _write_split(tmp_path, "val", {"zebra": 2, "ant": 1, "cat": 2})
-    (tmp_path / "train" / "ant" / "notes.txt").write_text("not an image")  # ignored, as torchvision does
+    (tmp_path / "train" / "ant" / "notes.txt").write_text(
+        "not an image"
+    )  # ignored, as torchvision does
     os.makedirs(tmp_path / "train" / ".ipynb_checkpoints")  # hidden: not a class
     return tmp_path
 
@@ -53,13 +59,35 @@ def test_classes_sorted_and_samples_in_torchvision_order(root):
     assert folder.class_names == ("ant", "cat", "zebra")
     train = folder.splits["train"]
     assert train.labels.tolist() == [0] * 4 + [1] * 3 + [2] * 5
-    assert [os.path.basename(p) for p in train.paths[:4]] == ["000.png", "001.JPG", "002.png", "003.JPG"]
-    assert sorted(folder.splits) == ["train", "val"] and folder.splits["val"].labels.tolist() == [0, 1, 1, 2, 2]
+    assert [os.path.basename(p) for p in train.paths[:4]] == [
+        "000.png",
+        "001.JPG",
+        "002.png",
+        "003.JPG",
+    ]
+    assert sorted(folder.splits) == ["train", "val"] and folder.splits["val"].labels.tolist() == [
+        0,
+        1,
+        1,
+        2,
+        2,
+    ]
 
 
 def test_build_input_happy_path(root):
-    inp = build_input(dataset="imagefolder", data_dir=str(root), batch_size=4, eval_batch_size=3, image_size=12, seed=1)
-    assert (inp.num_classes, inp.class_names, inp.image_shape) == (3, ("ant", "cat", "zebra"), (12, 12, 3))
+    inp = build_input(
+        dataset="imagefolder",
+        data_dir=str(root),
+        batch_size=4,
+        eval_batch_size=3,
+        image_size=12,
+        seed=1,
+    )
+    assert (inp.num_classes, inp.class_names, inp.image_shape) == (
+        3,
+        ("ant", "cat", "zebra"),
+        (12, 12, 3),
+    )
     assert (inp.train_size, inp.val_size, inp.test_size, inp.steps_per_epoch) == (12, 5, 0, 3)
     epoch = list(inp.train_batches(0))
     assert len(epoch) == 3
@@ -86,8 +114,17 @@ def test_random_resized_crop_changes_pixels_and_eval_does_not(tmp_path):
     ramp = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (32, 1))
     for i in range(4):
         Image.fromarray(np.stack([ramp] * 3, -1)).save(folder / f"{i}.png")
-    plain = build_input(dataset="imagefolder", data_dir=str(tmp_path), batch_size=4, image_size=16, augment=False, val_fraction=0)
-    aug = build_input(dataset="imagefolder", data_dir=str(tmp_path), batch_size=4, image_size=16, val_fraction=0)
+    plain = build_input(
+        dataset="imagefolder",
+        data_dir=str(tmp_path),
+        batch_size=4,
+        image_size=16,
+        augment=False,
+        val_fraction=0,
+    )
+    aug = build_input(
+        dataset="imagefolder", data_dir=str(tmp_path), batch_size=4, image_size=16, val_fraction=0
+    )
     x_plain = next(plain.train_batches(0))["image"]
     x_aug = next(aug.train_batches(0))["image"]
     np.testing.assert_array_equal(x_plain[0], x_plain[1])  # resize + centre crop: deterministic
@@ -142,7 +179,9 @@ def test_truncated_image_named_when_decoded(root):
     big = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
     big.save(path)
     path.write_bytes(path.read_bytes()[:400])  # the header parses, the pixels do not
-    inp = build_input(dataset="imagefolder", data_dir=str(root), batch_size=13, image_size=8, prefetch=2)  # one batch: every file
+    inp = build_input(
+        dataset="imagefolder", data_dir=str(root), batch_size=13, image_size=8, prefetch=2
+    )  # one batch: every file
     with pytest.raises(DataError, match=r"^cannot decode image file .*truncated\.png"):
         list(inp.train_batches(0))
 
@@ -150,5 +189,8 @@ def test_truncated_image_named_when_decoded(root):
 def test_val_classes_must_match_train(root):
     _write_split(root, "val", {"zebra": 1})
     os.rename(root / "val" / "cat", root / "val" / "cow")
-    with pytest.raises(DataError, match=r"val classes do not match train/ classes: missing \['cat'\], extra \['cow'\]"):
+    with pytest.raises(
+        DataError,
+        match=r"val classes do not match train/ classes: missing \['cat'\], extra \['cow'\]",
+    ):
         build_input(dataset="imagefolder", data_dir=str(root))

@@ -84,7 +84,9 @@ def test_images_stay_aligned_with_labels(cache_dir, digits):
     inp = build_input(cache_dir=cache_dir, batch_size=32, augment=False, seed=5)
     batch = next(inp.train_batches(2))
     assert batch["image"].shape == (32, 8, 8, 1) and batch["image"].dtype == np.float32
-    assert batch["label"].dtype == np.int32 and batch["mask"].dtype == np.bool_ and batch["mask"].all()
+    assert (
+        batch["label"].dtype == np.int32 and batch["mask"].dtype == np.bool_ and batch["mask"].all()
+    )
     for im, y in zip(_keys(_raw(batch["image"])), batch["label"]):
         assert int(y) in label_of[im]
 
@@ -160,7 +162,11 @@ def test_augmentation_is_deterministic_and_shifts_digits(cache_dir, digits):
     # Every augmented digit is its original shifted by at most 1 pixel, never mirrored.
     for x, y in zip(raw_a, raw_p):
         padded = np.pad(y, 1)
-        assert any(np.array_equal(x, padded[dy : dy + 8, dx : dx + 8]) for dy in range(3) for dx in range(3))
+        assert any(
+            np.array_equal(x, padded[dy : dy + 8, dx : dx + 8])
+            for dy in range(3)
+            for dx in range(3)
+        )
 
 
 def test_prefetch_yields_identical_batches(cache_dir):
@@ -189,23 +195,42 @@ def _synthetic(name, shape, n=40, classes=4):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
     labels = (np.arange(n) % classes).astype(np.int32)
-    return ArrayDataset(name=name, splits={"train": (images, labels), "test": (images[:10], labels[:10])},
-                        class_names=tuple(str(i) for i in range(classes)))
+    return ArrayDataset(
+        name=name,
+        splits={"train": (images, labels), "test": (images[:10], labels[:10])},
+        class_names=tuple(str(i) for i in range(classes)),
+    )
 
 
-_OPTIONS = BatchOptions(batch_size=8, eval_batch_size=8, val_fraction=0.25, imbalance=None, augment=True, seed=0, prefetch=0)
+_OPTIONS = BatchOptions(
+    batch_size=8,
+    eval_batch_size=8,
+    val_fraction=0.25,
+    imbalance=None,
+    augment=True,
+    seed=0,
+    prefetch=0,
+)
 
 
 @pytest.mark.parametrize(
     "name, shape, pad, flip",
-    [("cifar10", (32, 32, 3), 4, True), ("mnist", (28, 28, 1), 3, False), ("digits", (8, 8, 1), 1, False),
-     ("svhn_cropped", (32, 32, 3), 4, False)],
+    [
+        ("cifar10", (32, 32, 3), 4, True),
+        ("mnist", (28, 28, 1), 3, False),
+        ("digits", (8, 8, 1), 1, False),
+        ("svhn_cropped", (32, 32, 3), 4, False),
+    ],
 )
 def test_augmentation_policy_per_dataset(name, shape, pad, flip):
     inp = from_arrays(_synthetic(name, shape), image_size=None, options=_OPTIONS)
     pool = inp.splits["train"][0]
     assert (pool.pad, pool.flip) == (pad, flip)
-    assert inp.image_shape == shape and inp.test_size == 10 and (inp.train_size, inp.val_size) == (30, 10)
+    assert (
+        inp.image_shape == shape
+        and inp.test_size == 10
+        and (inp.train_size, inp.val_size) == (30, 10)
+    )
     batch = next(inp.train_batches(0))
     assert batch["image"].shape == (8, *shape)
 

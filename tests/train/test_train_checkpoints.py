@@ -26,7 +26,9 @@ def test_best_managers_keep_the_best_of_each_metric(tmp_path):
         ckpt.save_latest(step, _state(step), {"epoch": step, "history": [loss, f1]})
     assert ckpt.best_step("best_loss") == 2 and ckpt.best_step("best_f1") == 3
     assert ckpt.latest.all_steps() == [4] and ckpt.best["best_loss"].all_steps() == [2]
-    np.testing.assert_array_equal(ckpt.restore_best("best_loss", _state(0))["params"]["w"], [2, 2, 2])
+    np.testing.assert_array_equal(
+        ckpt.restore_best("best_loss", _state(0))["params"]["w"], [2, 2, 2]
+    )
     np.testing.assert_array_equal(ckpt.restore_best("best_f1", _state(0))["params"]["w"], [3, 3, 3])
     # a resumed run that repeats epoch 3 saves the same step again
     ckpt.save_best("best_f1", 3, _state(7), {"val_f1": 0.8})

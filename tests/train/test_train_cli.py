@@ -17,16 +17,42 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _run(args, tmp_path, timeout=240):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "train", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "train", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_end_to_end_two_short_epochs(tmp_path):
     workdir = tmp_path / "run"
-    args = ["--epochs", "2", "--width", "2", "--batch-size", "32", "--limit-train-batches", "3",
-            "--cache-dir", str(tmp_path / "cache"), "--workdir", str(workdir),
-            "--loss", "focal", "--focal-alpha", "0.25", "--schedule", "step", "--step-size", "1",
-            "--gamma", "0.5"]
+    args = [
+        "--epochs",
+        "2",
+        "--width",
+        "2",
+        "--batch-size",
+        "32",
+        "--limit-train-batches",
+        "3",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--workdir",
+        str(workdir),
+        "--loss",
+        "focal",
+        "--focal-alpha",
+        "0.25",
+        "--schedule",
+        "step",
+        "--step-size",
+        "1",
+        "--gamma",
+        "0.5",
+    ]
     proc = _run(args, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -39,8 +65,16 @@ def test_end_to_end_two_short_epochs(tmp_path):
     assert [r["lr"] for r in records] == [1e-3, 5e-4]
     assert records[0]["train_loss"] != records[1]["train_loss"]  # it trained
     for r in records:
-        assert {"epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_f1",
-                "val_recall"} <= set(r)
+        assert {
+            "epoch",
+            "lr",
+            "train_loss",
+            "train_accuracy",
+            "val_loss",
+            "val_accuracy",
+            "val_f1",
+            "val_recall",
+        } <= set(r)
         assert len(r["val_recall"]) == 10 and r["val_count"] == 359  # 20% of 1,797 digits
         assert 0.0 <= r["val_accuracy"] <= 1.0 and r["val_loss"] > 0
     config = Config.from_json((workdir / "config.json").read_text())
@@ -62,9 +96,24 @@ def test_help_documents_every_config_field(capsys):
 
 def test_flags_map_to_config():
     args = cli.build_parser().parse_args(
-        ["--focal-alpha", "1,1,1,1,1,1,100,1,1,1", "--imbalance", "6:0.01", "--no-augment",
-         "--schedule", "plateau", "--plateau-patience", "3", "--nesterov", "--optimizer", "sgd",
-         "--resume", "--workdir", "w"])
+        [
+            "--focal-alpha",
+            "1,1,1,1,1,1,100,1,1,1",
+            "--imbalance",
+            "6:0.01",
+            "--no-augment",
+            "--schedule",
+            "plateau",
+            "--plateau-patience",
+            "3",
+            "--nesterov",
+            "--optimizer",
+            "sgd",
+            "--resume",
+            "--workdir",
+            "w",
+        ]
+    )
     config = cli.config_from_flags(args)
     assert config.focal_alpha[6] == 100.0 and len(config.focal_alpha) == 10
     assert config.imbalance == (6, 0.01) and config.augment is False
@@ -82,26 +131,42 @@ def test_malloc_flag_is_process_level_not_config():
 def test_presets_set_defaults_that_flags_override():
     config = cli.config_from_flags(cli.parse_flags(["--preset", "mnist_imbalance_seed003"]))
     assert (config.dataset, config.model, config.epochs, config.imbalance) == (
-        "mnist", "lenet", 5, (6, 0.01))
+        "mnist",
+        "lenet",
+        5,
+        (6, 0.01),
+    )
     assert config.focal_alpha[6] == 100.0 and config.loss == "focal"
-    config = cli.config_from_flags(cli.parse_flags(
-        ["--preset", "imagefolder_seed000", "--epochs", "3", "--data-dir", "/d"]))
+    config = cli.config_from_flags(
+        cli.parse_flags(["--preset", "imagefolder_seed000", "--epochs", "3", "--data-dir", "/d"])
+    )
     assert (config.model, config.schedule, config.step_size, config.epochs) == (
-        "resnet18", "step", 7, 3)
+        "resnet18",
+        "step",
+        7,
+        3,
+    )
     assert cli.config_from_flags(cli.parse_flags(["--preset", "digits"])) == Config()
     for name in PRESETS:
         cli.config_from_flags(cli.parse_flags(["--preset", name]))  # every preset is valid
 
 
-@pytest.mark.parametrize("argv,code,message", [
-    (["--lr", "abc"], 2, "error: argument --lr: invalid float value: 'abc'"),
-    (["--imbalance", "6"], 2, "error: argument --imbalance: expected CLASS:FRACTION"),
-    (["--model", "vgg"], 2, "error: argument --model: invalid choice: 'vgg'"),
-    (["--lr", "-1"], 1, "error: lr must be a finite number >= 0.0, got lr=-1.0"),
-    (["--epochs", "0"], 1, "error: epochs must be an integer >= 1, got epochs=0"),
-    (["--disturb-label", "150"], 1, "error: disturb_label must be a finite number in [0.0, 100.0]"),
-    (["--resume"], 1, "error: --resume needs the --workdir"),
-])
+@pytest.mark.parametrize(
+    "argv,code,message",
+    [
+        (["--lr", "abc"], 2, "error: argument --lr: invalid float value: 'abc'"),
+        (["--imbalance", "6"], 2, "error: argument --imbalance: expected CLASS:FRACTION"),
+        (["--model", "vgg"], 2, "error: argument --model: invalid choice: 'vgg'"),
+        (["--lr", "-1"], 1, "error: lr must be a finite number >= 0.0, got lr=-1.0"),
+        (["--epochs", "0"], 1, "error: epochs must be an integer >= 1, got epochs=0"),
+        (
+            ["--disturb-label", "150"],
+            1,
+            "error: disturb_label must be a finite number in [0.0, 100.0]",
+        ),
+        (["--resume"], 1, "error: --resume needs the --workdir"),
+    ],
+)
 def test_bad_flags_give_one_error_line(argv, code, message, capsys):
     try:
         status = cli.main(argv)
@@ -113,8 +178,17 @@ def test_bad_flags_give_one_error_line(argv, code, message, capsys):
 
 
 def test_bad_data_gives_one_error_line_and_no_traceback(tmp_path):
-    proc = _run(["--dataset", "imagefolder", "--data-dir", str(tmp_path / "missing"),
-                 "--workdir", str(tmp_path / "w")], tmp_path)
+    proc = _run(
+        [
+            "--dataset",
+            "imagefolder",
+            "--data-dir",
+            str(tmp_path / "missing"),
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "missing" in lines[0], proc.stderr
@@ -123,7 +197,9 @@ def test_bad_data_gives_one_error_line_and_no_traceback(tmp_path):
 
 def test_cli_choices_match_the_registries():
     from train import losses, models
+
     assert set(cli._MODELS) == set(models.MODELS)
     assert set(cli._LOSSES) == set(losses.LOSSES)
     from train import optim
+
     assert set(cli._OPTIMIZERS) == set(optim.OPTIMIZERS)

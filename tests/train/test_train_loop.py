@@ -46,9 +46,8 @@ class FakeInput:
         images, labels = self._examples(self.train_size, 0)
         order = np.random.default_rng([self.seed, epoch]).permutation(self.train_size)
         for b in range(self.steps_per_epoch):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            yield {"image": images[idx], "label": labels[idx],
-                   "mask": np.ones(len(idx), bool)}
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield {"image": images[idx], "label": labels[idx], "mask": np.ones(len(idx), bool)}
 
     def eval_batches(self, split="val"):
         images, labels = self._examples(self.val_size, 1)
@@ -67,15 +66,24 @@ def _config(**kw):
 
 
 def _state(config, data=FakeInput()):
-    return train_lib.create_train_state(config, num_classes=data.num_classes,
-                                        image_shape=data.image_shape,
-                                        key=jax.random.key(0, impl="rbg"))
+    return train_lib.create_train_state(
+        config,
+        num_classes=data.num_classes,
+        image_shape=data.image_shape,
+        key=jax.random.key(0, impl="rbg"),
+    )
 
 
 def _jitted_step(config, num_classes=3):
     loss_fn = losses.create_loss(config.loss, num_classes=num_classes)
-    return jax.jit(functools.partial(train_lib.train_step, loss_fn=loss_fn, num_classes=num_classes,
-                                     disturb_label=config.disturb_label))
+    return jax.jit(
+        functools.partial(
+            train_lib.train_step,
+            loss_fn=loss_fn,
+            num_classes=num_classes,
+            disturb_label=config.disturb_label,
+        )
+    )
 
 
 def test_train_step_decreases_loss_and_does_not_retrace():
@@ -88,6 +96,7 @@ def test_train_step_decreases_loss_and_does_not_retrace():
     for i in range(15):
         if i == 5:  # a new learning rate must not retrace
             from train import optim
+
             state = state.replace(opt_state=optim.set_learning_rate(state.opt_state, 1e-3))
         state, m = step(state, batch, key)
         first = float(m.loss_sum / m.count) if first is None else first
@@ -133,23 +142,30 @@ def _final(workdir, config):
     return state, loop
 
 
-@pytest.mark.parametrize("extra", [
-    dict(schedule="plateau", plateau_patience=0, plateau_factor=0.5, accum=2, disturb_label=30.0),
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        dict(
+            schedule="plateau", plateau_patience=0, plateau_factor=0.5, accum=2, disturb_label=30.0
+        ),
+    ],
+)
 def test_resume_matches_uninterrupted_run(tmp_path, extra):
     data = FakeInput()
     straight = _config(**extra)
     train_lib.train_and_evaluate(straight, str(tmp_path / "a"), data=data, log=lambda s: None)
 
-    train_lib.train_and_evaluate(_config(**extra, epochs=2), str(tmp_path / "b"), data=data,
-                                 log=lambda s: None)
+    train_lib.train_and_evaluate(
+        _config(**extra, epochs=2), str(tmp_path / "b"), data=data, log=lambda s: None
+    )
     # A run killed while saving epoch 3 leaves a temporary directory: it must be ignored.
     partial = tmp_path / "b" / "checkpoints" / "latest" / "3.orbax-checkpoint-tmp-1700000000"
     (partial / "state").mkdir(parents=True)
     (partial / "state" / "junk").write_text("half-written")
     logs = []
-    train_lib.train_and_evaluate(dataclasses.replace(straight, resume=True), str(tmp_path / "b"),
-                                 data=data, log=logs.append)
+    train_lib.train_and_evaluate(
+        dataclasses.replace(straight, resume=True), str(tmp_path / "b"), data=data, log=logs.append
+    )
     assert logs[0].startswith("resumed from") and "after epoch 2" in logs[0]
     assert not partial.exists()
 
@@ -157,11 +173,15 @@ def test_resume_matches_uninterrupted_run(tmp_path, extra):
     state_b, loop_b = _final(tmp_path / "b", straight)
     assert loop_a["epoch"] == loop_b["epoch"] == 3
     assert int(state_a.step) == int(state_b.step) == 3 * data.steps_per_epoch
-    for a, b in zip(jax.tree.leaves((state_a.params, state_a.batch_stats, state_a.opt_state)),
-                    jax.tree.leaves((state_b.params, state_b.batch_stats, state_b.opt_state))):
+    for a, b in zip(
+        jax.tree.leaves((state_a.params, state_a.batch_stats, state_a.opt_state)),
+        jax.tree.leaves((state_b.params, state_b.batch_stats, state_b.opt_state)),
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bit-identical
-    hist = lambda d: [{k: v for k, v in r.items() if k != "time_s"}
-                      for r in map(json.loads, open(d / "metrics.jsonl"))]
+    hist = lambda d: [
+        {k: v for k, v in r.items() if k != "time_s"}
+        for r in map(json.loads, open(d / "metrics.jsonl"))
+    ]
     assert hist(tmp_path / "a") == hist(tmp_path / "b")
     assert loop_a["plateau"] == loop_b["plateau"]
     lrs = [r["lr"] for r in hist(tmp_path / "a")]
@@ -178,8 +198,17 @@ def test_outputs_best_checkpoints_and_early_stopping(tmp_path):
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert any("early stopping" in line for line in logs)
-    for key in ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                "val_f1", "val_recall", "train_f1"):
+    for key in (
+        "epoch",
+        "lr",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "val_f1",
+        "val_recall",
+        "train_f1",
+    ):
         assert key in records[0], key
     assert records[0]["val_count"] == data.val_size and len(records[0]["val_recall"]) == 3
     assert summary["epoch"] == 3
@@ -194,14 +223,19 @@ def test_outputs_best_checkpoints_and_early_stopping(tmp_path):
     assert ckpt.latest_step() == 3
     ckpt.close()
     assert np.sum(records[0]["val_confusion"]) == data.val_size
-    np.testing.assert_allclose(np.trace(records[0]["val_confusion"]) / data.val_size,
-                               records[0]["val_accuracy"], rtol=1e-6)
+    np.testing.assert_allclose(
+        np.trace(records[0]["val_confusion"]) / data.val_size, records[0]["val_accuracy"], rtol=1e-6
+    )
     # an existing run is not overwritten without --resume, nor resumed with other settings
     with pytest.raises(ValueError, match="--resume"):
         train_lib.train_and_evaluate(config, str(tmp_path), data=data, log=lambda s: None)
     with pytest.raises(ValueError, match=r"differ .* lr=0.1 \(was 0.0\)"):
-        train_lib.train_and_evaluate(dataclasses.replace(config, resume=True, lr=0.1),
-                                     str(tmp_path), data=data, log=lambda s: None)
+        train_lib.train_and_evaluate(
+            dataclasses.replace(config, resume=True, lr=0.1),
+            str(tmp_path),
+            data=data,
+            log=lambda s: None,
+        )
     assert json.loads((tmp_path / "config.json").read_text())["lr"] == 0.0
 
 
@@ -231,8 +265,9 @@ def test_accumulated_micro_batches_equal_one_big_batch_without_batchnorm(optimiz
     accum = _config(model="lenet", accum=2, optimizer=optimizer, lr=0.05)
     plain = _config(model="lenet", accum=1, optimizer=optimizer, lr=0.05)
     s_accum, s_plain = _state(accum), _state(plain)
-    np.testing.assert_array_equal(s_accum.params["fc3"]["kernel"][...],
-                                  s_plain.params["fc3"]["kernel"][...])
+    np.testing.assert_array_equal(
+        s_accum.params["fc3"]["kernel"][...], s_plain.params["fc3"]["kernel"][...]
+    )
     step_accum, step_plain = _jitted_step(accum), _jitted_step(plain)
     for _ in range(2):  # two real optimiser steps
         for m in micro:
@@ -240,12 +275,14 @@ def test_accumulated_micro_batches_equal_one_big_batch_without_batchnorm(optimiz
         s_plain, _ = step_plain(s_plain, big, jax.random.key(0))
     for a, b in zip(jax.tree.leaves(s_accum.params), jax.tree.leaves(s_plain.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-    moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
-        jax.tree.leaves(s_plain.params), jax.tree.leaves(_state(plain).params)))
+    moved = max(
+        float(jnp.max(jnp.abs(a - b)))
+        for a, b in zip(jax.tree.leaves(s_plain.params), jax.tree.leaves(_state(plain).params))
+    )
     assert moved > 1e-3  # the steps did something
 
 
-_DATA_PARALLEL = r'''
+_DATA_PARALLEL = r"""
 import functools, jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_num_cpu_devices", 2)
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -269,7 +306,7 @@ diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
     jax.tree.leaves((s1.params, s1.batch_stats)), jax.tree.leaves((s2.params, s2.batch_stats))))
 assert diff < 1e-5 and abs(float(m1.loss_sum) - float(m2.loss_sum)) < 1e-4, diff
 print("ok", diff)
-'''
+"""
 
 
 def test_data_parallel_needs_only_shardings():
@@ -277,7 +314,13 @@ def test_data_parallel_needs_only_shardings():
     BatchNorm sees the global batch. Runs in a subprocess: the device count is fixed at start-up."""
     import subprocess
     import sys
+
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.run([sys.executable, "-c", _DATA_PARALLEL], cwd=repo, capture_output=True,
-                          text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-c", _DATA_PARALLEL],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr[-2000:]

@@ -18,11 +18,15 @@ def test_matches_sklearn_on_random_data(seed):
     y = rng.choice(c, size=n, p=rng.dirichlet(np.full(c, 0.3)))
     p = rng.choice(c, size=n, p=rng.dirichlet(np.full(c, 0.3)))
     cm = metrics.confusion_matrix(y, p, c)
-    np.testing.assert_allclose(float(metrics.macro_f1(cm)), f1_score(y, p, average="macro"), atol=1e-6)
+    np.testing.assert_allclose(
+        float(metrics.macro_f1(cm)), f1_score(y, p, average="macro"), atol=1e-6
+    )
     np.testing.assert_allclose(float(metrics.accuracy(cm)), accuracy_score(y, p), atol=1e-6)
     np.testing.assert_allclose(
         np.asarray(metrics.per_class_recall(cm)),
-        recall_score(y, p, labels=list(range(c)), average=None, zero_division=0), atol=1e-6)
+        recall_score(y, p, labels=list(range(c)), average=None, zero_division=0),
+        atol=1e-6,
+    )
 
 
 def test_edge_cases_match_sklearn():
@@ -44,7 +48,9 @@ def test_mask_excludes_examples_and_accumulation_is_a_sum():
     m = metrics.batch_metrics(logits, labels, jnp.float32(2.0), mask)
     assert float(m.count) == 7.0 and float(m.loss_sum) == 14.0
     np.testing.assert_array_equal(
-        np.asarray(m.confusion), np.asarray(metrics.confusion_matrix(labels[:7], logits[:7].argmax(-1), 4)))
+        np.asarray(m.confusion),
+        np.asarray(metrics.confusion_matrix(labels[:7], logits[:7].argmax(-1), 4)),
+    )
     total = jax.jit(lambda a, b: a + b)(m, metrics.batch_metrics(logits, labels, jnp.float32(1.0)))
     s = metrics.summarize(jax.device_get(total), prefix="train_")
     assert s["train_count"] == 17 and s["train_loss"] == pytest.approx(24.0 / 17)

@@ -17,24 +17,27 @@ def test_registry_names():
     assert sorted(OPTIMIZERS) == ["adam", "adamw", "sgd"]
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(name="rmsprop"), "name"),
-    (dict(name="SGD"), "name"),
-    (dict(learning_rate=-0.1), "learning_rate"),
-    (dict(learning_rate=float("nan")), "learning_rate"),
-    (dict(learning_rate="0.1"), "learning_rate"),
-    (dict(momentum=-0.9), "momentum"),
-    (dict(weight_decay=-1e-4), "weight_decay"),
-    (dict(nesterov=True, momentum=0.0), "momentum"),
-    (dict(nesterov=1), "nesterov"),
-    (dict(name="adam", nesterov=True), "nesterov"),
-    (dict(accum_steps=0), "accum_steps"),
-    (dict(accum_steps=2.0), "accum_steps"),
-    (dict(accum_steps=True), "accum_steps"),
-    (dict(name="adam", b1=1.0), "b1"),
-    (dict(name="adam", b2=-0.1), "b2"),
-    (dict(name="adam", eps=-1e-8), "eps"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(name="rmsprop"), "name"),
+        (dict(name="SGD"), "name"),
+        (dict(learning_rate=-0.1), "learning_rate"),
+        (dict(learning_rate=float("nan")), "learning_rate"),
+        (dict(learning_rate="0.1"), "learning_rate"),
+        (dict(momentum=-0.9), "momentum"),
+        (dict(weight_decay=-1e-4), "weight_decay"),
+        (dict(nesterov=True, momentum=0.0), "momentum"),
+        (dict(nesterov=1), "nesterov"),
+        (dict(name="adam", nesterov=True), "nesterov"),
+        (dict(accum_steps=0), "accum_steps"),
+        (dict(accum_steps=2.0), "accum_steps"),
+        (dict(accum_steps=True), "accum_steps"),
+        (dict(name="adam", b1=1.0), "b1"),
+        (dict(name="adam", b2=-0.1), "b2"),
+        (dict(name="adam", eps=-1e-8), "eps"),
+    ],
+)
 def test_argument_validation(kwargs, match):
     kwargs = {"name": "sgd", "learning_rate": 0.1, **kwargs}
     with pytest.raises(ValueError, match=match):
@@ -75,10 +78,12 @@ def test_set_learning_rate_is_pure_and_keeps_structure():
     assert float(get_learning_rate(new)) == pytest.approx(5e-4)
     assert jax.tree.structure(new) == jax.tree.structure(state)
     assert jax.tree.map(lambda x: (x.shape, x.dtype), new) == jax.tree.map(
-        lambda x: (x.shape, x.dtype), state)
+        lambda x: (x.shape, x.dtype), state
+    )
     # accepts array values too, cast to the state's dtype
     assert get_learning_rate(set_learning_rate(state, jnp.asarray(0.5, jnp.bfloat16))).dtype == (
-        jnp.float32)
+        jnp.float32
+    )
 
 
 def test_set_learning_rate_changes_the_step():
@@ -127,8 +132,11 @@ def test_adamw_differs_from_adam_with_l2():
 @pytest.mark.parametrize("accum_steps", [1, 2])
 def test_works_with_nnx_optimizer(accum_steps):
     model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
-    opt = nnx.Optimizer(model, create_optimizer("sgd", learning_rate=0.1, momentum=0.0,
-                                                accum_steps=accum_steps), wrt=nnx.Param)
+    opt = nnx.Optimizer(
+        model,
+        create_optimizer("sgd", learning_rate=0.1, momentum=0.0, accum_steps=accum_steps),
+        wrt=nnx.Param,
+    )
     assert set_learning_rate(opt.opt_state, 0.5) is opt.opt_state  # nnx Variables: set in place
     np.testing.assert_allclose(get_learning_rate(opt.opt_state), 0.5)
     kernel = np.asarray(model.kernel[...])

@@ -30,14 +30,18 @@ def test_step_lr_seed_000_setting():
     lrs = [schedule(e) for e in range(22)]
     assert lrs[:7] == [0.001] * 7
     assert lrs[7:14] == [0.0001] * 7
-    assert lrs[14:21] == [1e-05] * 7  # torch: (0.001 * 0.1) * 0.1; closed form 1.0000000000000003e-05
+    assert (
+        lrs[14:21] == [1e-05] * 7
+    )  # torch: (0.001 * 0.1) * 0.1; closed form 1.0000000000000003e-05
     assert lrs[21] == 1.0000000000000002e-06
 
 
 def test_step_lr_is_a_repeated_product_like_torch():
     schedule = step_lr(0.1, step_size=5, gamma=0.7)  # seed 002: StepLR(step_size=5, gamma=0.7)
     assert [schedule(e) for e in (4, 5, 10)] == [0.1, 0.06999999999999999, 0.048999999999999995]
-    assert schedule(15) == 0.0343  # torch's value; the closed form 0.1 * 0.7**3 is 0.03429999999999999
+    assert (
+        schedule(15) == 0.0343
+    )  # torch's value; the closed form 0.1 * 0.7**3 is 0.03429999999999999
     assert schedule(15) != 0.1 * 0.7**3
 
 
@@ -52,8 +56,9 @@ def test_cosine_annealing_values_and_rise_past_t_max():
 
 def test_cosine_annealing_eta_min_and_t_max_one():
     schedule = cosine_annealing_lr(0.1, t_max=1, eta_min=0.01)
-    np.testing.assert_allclose([schedule(e) for e in range(5)], [0.1, 0.01, 0.1, 0.01, 0.1],
-                               rtol=1e-15)
+    np.testing.assert_allclose(
+        [schedule(e) for e in range(5)], [0.1, 0.01, 0.1, 0.01, 0.1], rtol=1e-15
+    )
     schedule = cosine_annealing_lr(0.1, t_max=10, eta_min=0.02)
     assert schedule(0) == 0.1
     assert schedule(10) == pytest.approx(0.02, abs=1e-16)
@@ -64,25 +69,30 @@ def test_constant_lr():
     assert [schedule(e) for e in (0, 1, 100)] == [0.25, 0.25, 0.25]
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: step_lr(-0.1, 3), "base_lr"),
-    (lambda: step_lr(float("nan"), 3), "base_lr"),
-    (lambda: step_lr(0.1, 0), "step_size"),
-    (lambda: step_lr(0.1, 2.5), "step_size"),
-    (lambda: step_lr(0.1, True), "step_size"),
-    (lambda: step_lr(0.1, 3, gamma=float("inf")), "gamma"),
-    (lambda: step_lr(0.1, 3, gamma="0.1"), "gamma"),
-    (lambda: cosine_annealing_lr(0.1, 0), "t_max"),
-    (lambda: cosine_annealing_lr(0.1, -5), "t_max"),
-    (lambda: cosine_annealing_lr(0.1, 10, eta_min=float("nan")), "eta_min"),
-    (lambda: constant_lr(-1.0), "base_lr"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: step_lr(-0.1, 3), "base_lr"),
+        (lambda: step_lr(float("nan"), 3), "base_lr"),
+        (lambda: step_lr(0.1, 0), "step_size"),
+        (lambda: step_lr(0.1, 2.5), "step_size"),
+        (lambda: step_lr(0.1, True), "step_size"),
+        (lambda: step_lr(0.1, 3, gamma=float("inf")), "gamma"),
+        (lambda: step_lr(0.1, 3, gamma="0.1"), "gamma"),
+        (lambda: cosine_annealing_lr(0.1, 0), "t_max"),
+        (lambda: cosine_annealing_lr(0.1, -5), "t_max"),
+        (lambda: cosine_annealing_lr(0.1, 10, eta_min=float("nan")), "eta_min"),
+        (lambda: constant_lr(-1.0), "base_lr"),
+    ],
+)
 def test_schedule_argument_validation(make, match):
     with pytest.raises(ValueError, match=match):
         make()
 
 
-@pytest.mark.parametrize("schedule", [step_lr(0.1, 3), cosine_annealing_lr(0.1, 5), constant_lr(0.1)])
+@pytest.mark.parametrize(
+    "schedule", [step_lr(0.1, 3), cosine_annealing_lr(0.1, 5), constant_lr(0.1)]
+)
 @pytest.mark.parametrize("epoch", [-1, 1.5, True])
 def test_schedule_epoch_validation(schedule, epoch):
     with pytest.raises(ValueError, match="epoch"):
@@ -110,7 +120,9 @@ def _run(plateau: ReduceLROnPlateau, metrics) -> list[float]:
 def test_plateau_init_state():
     state = reduce_lr_on_plateau(0.1).init()
     assert isinstance(state, PlateauState)
-    assert state == PlateauState(lr=0.1, best=math.inf, num_bad_epochs=0, cooldown_counter=0, epoch=0)
+    assert state == PlateauState(
+        lr=0.1, best=math.inf, num_bad_epochs=0, cooldown_counter=0, epoch=0
+    )
     assert reduce_lr_on_plateau(0.1, mode="max").init().best == -math.inf
 
 
@@ -145,12 +157,15 @@ def test_plateau_min_lr_and_eps():
     assert lrs == [1.0, 1.0, 0.5, 0.5, 0.5]
 
 
-@pytest.mark.parametrize("threshold_mode, metric, better", [
-    ("rel", 0.9, False),   # needs < 1.0 * (1 - 0.2) = 0.8
-    ("rel", 0.79, True),
-    ("abs", 0.85, False),  # needs < 1.0 - 0.2 = 0.8
-    ("abs", 0.79, True),
-])
+@pytest.mark.parametrize(
+    "threshold_mode, metric, better",
+    [
+        ("rel", 0.9, False),  # needs < 1.0 * (1 - 0.2) = 0.8
+        ("rel", 0.79, True),
+        ("abs", 0.85, False),  # needs < 1.0 - 0.2 = 0.8
+        ("abs", 0.79, True),
+    ],
+)
 def test_plateau_threshold_modes_min(threshold_mode, metric, better):
     plateau = reduce_lr_on_plateau(1.0, threshold=0.2, threshold_mode=threshold_mode)
     state = plateau.update(plateau.init(), 1.0)
@@ -159,12 +174,15 @@ def test_plateau_threshold_modes_min(threshold_mode, metric, better):
     assert state.best == (metric if better else 1.0)
 
 
-@pytest.mark.parametrize("threshold_mode, metric, better", [
-    ("rel", 1.1, False),   # needs > 1.0 * (1 + 0.2) = 1.2
-    ("rel", 1.21, True),
-    ("abs", 1.15, False),
-    ("abs", 1.21, True),
-])
+@pytest.mark.parametrize(
+    "threshold_mode, metric, better",
+    [
+        ("rel", 1.1, False),  # needs > 1.0 * (1 + 0.2) = 1.2
+        ("rel", 1.21, True),
+        ("abs", 1.15, False),
+        ("abs", 1.21, True),
+    ],
+)
 def test_plateau_threshold_modes_max(threshold_mode, metric, better):
     plateau = reduce_lr_on_plateau(1.0, mode="max", threshold=0.2, threshold_mode=threshold_mode)
     state = plateau.update(plateau.init(), 1.0)
@@ -207,19 +225,22 @@ def test_plateau_object_is_frozen():
         plateau.patience = 3  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(mode="mean"), "mode"),
-    (dict(threshold_mode="relative"), "threshold_mode"),
-    (dict(factor=1.0), "factor"),
-    (dict(factor=-0.1), "factor"),
-    (dict(patience=-1), "patience"),
-    (dict(patience=1.5), "patience"),
-    (dict(threshold=-1e-4), "threshold"),
-    (dict(cooldown=-1), "cooldown"),
-    (dict(min_lr=-1.0), "min_lr"),
-    (dict(eps=-1e-8), "eps"),
-    (dict(eps=float("nan")), "eps"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(mode="mean"), "mode"),
+        (dict(threshold_mode="relative"), "threshold_mode"),
+        (dict(factor=1.0), "factor"),
+        (dict(factor=-0.1), "factor"),
+        (dict(patience=-1), "patience"),
+        (dict(patience=1.5), "patience"),
+        (dict(threshold=-1e-4), "threshold"),
+        (dict(cooldown=-1), "cooldown"),
+        (dict(min_lr=-1.0), "min_lr"),
+        (dict(eps=-1e-8), "eps"),
+        (dict(eps=float("nan")), "eps"),
+    ],
+)
 def test_plateau_argument_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         reduce_lr_on_plateau(0.1, **kwargs)

@@ -24,8 +24,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from train.data.errors import DataError
 from train._checks import check_int, check_real
+from train.data.errors import DataError
 
 if TYPE_CHECKING:
     from train.data.pipeline import Batch, Input
@@ -104,7 +104,11 @@ def build_input(
     if not isinstance(dataset, str) or not dataset:
         raise ValueError(f"dataset must be a non-empty string, got {dataset=}")
     batch_size = check_int("batch_size", batch_size, minimum=1)
-    eval_batch_size = batch_size if eval_batch_size is None else check_int("eval_batch_size", eval_batch_size, minimum=1)
+    eval_batch_size = (
+        batch_size
+        if eval_batch_size is None
+        else check_int("eval_batch_size", eval_batch_size, minimum=1)
+    )
     val_fraction = check_real("val_fraction", val_fraction)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction=}")
@@ -140,21 +144,27 @@ def build_input(
         from train.data.imagefolder import scan_imagefolder
 
         if data_dir is None:
-            raise ValueError("dataset 'imagefolder' needs data_dir (the root holding train/<class>/...), got data_dir=None")
+            raise ValueError(
+                "dataset 'imagefolder' needs data_dir (the root holding train/<class>/...), got data_dir=None"
+            )
         folder = scan_imagefolder(data_dir)
-        return pipeline.from_folder(folder, image_size=image_size or _IMAGEFOLDER_SIZE, options=options)
+        return pipeline.from_folder(
+            folder, image_size=image_size or _IMAGEFOLDER_SIZE, options=options
+        )
     if dataset == "digits":
         from train.data.catalog import load_splits
         from train.data.digits import MAX_VALUE, prepare_digits
 
         if data_dir is not None:
-            raise ValueError(f"dataset 'digits' is embedded and takes no data_dir (use cache_dir), got {data_dir=}")
+            raise ValueError(
+                f"dataset 'digits' is embedded and takes no data_dir (use cache_dir), got {data_dir=}"
+            )
         # Sorted by sklearn row, so indices (and the seeded split) refer to load_digits() rows.
-        arrays = load_splits(prepare_digits(cache_dir), name="digits", max_value=MAX_VALUE, sort_key="index")
+        arrays = load_splits(
+            prepare_digits(cache_dir), name="digits", max_value=MAX_VALUE, sort_key="index"
+        )
     else:
         from train.data.catalog import load_catalog
 
         arrays = load_catalog(dataset, data_dir=data_dir)
     return pipeline.from_arrays(arrays, image_size=image_size, options=options)
-
-

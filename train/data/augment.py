@@ -41,7 +41,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def pad_crop_flip(images: np.ndarray, rng: np.random.Generator, *, pad: int, flip: bool) -> np.ndarray:
+def pad_crop_flip(
+    images: np.ndarray, rng: np.random.Generator, *, pad: int, flip: bool
+) -> np.ndarray:
     """Random shift (zero-pad then crop) and optional horizontal flip of a batch.
 
     Args:
@@ -111,7 +113,7 @@ def random_resized_crop(
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
 ) -> Image.Image:
-    """torchvision's ``RandomResizedCrop(size)``: crop a random area and aspect, resize.
+    """Torchvision's ``RandomResizedCrop(size)``: crop a random area and aspect, resize.
 
     Up to ten tries draw an area fraction uniformly from ``scale`` and a log-uniform
     aspect ratio from ``ratio``; the first crop that fits is taken at a uniform
@@ -155,11 +157,13 @@ def random_resized_crop(
             w, h = width, height
         top, left = (height - h) // 2, (width - w) // 2
     # Crop, then resize (as torchvision): resize(box=...) would filter across the box edge.
-    return image.crop((left, top, left + w, top + h)).resize((size, size), Image.Resampling.BILINEAR)
+    return image.crop((left, top, left + w, top + h)).resize(
+        (size, size), Image.Resampling.BILINEAR
+    )
 
 
 def resize_center_crop(image: Image.Image, *, size: int) -> Image.Image:
-    """torchvision's ``Resize(size * 8 // 7)`` then ``CenterCrop(size)`` (256 -> 224).
+    """Torchvision's ``Resize(size * 8 // 7)`` then ``CenterCrop(size)`` (256 -> 224).
 
     Args:
         image: the decoded image.
@@ -205,6 +209,8 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     out = np.empty((n, size, size, c), np.float32)
     for i in range(n):
         for k in range(c):
-            channel = Image.fromarray(np.ascontiguousarray(images[i, :, :, k], dtype=np.float32))  # mode "F"
+            channel = Image.fromarray(
+                np.ascontiguousarray(images[i, :, :, k], dtype=np.float32)
+            )  # mode "F"
             out[i, :, :, k] = np.asarray(channel.resize((size, size), Image.Resampling.BILINEAR))
     return out

@@ -56,7 +56,11 @@ class ArrayDataset:
 
 
 def load_splits(
-    builder: tfds.core.DatasetBuilder, *, name: str, max_value: float = 255.0, sort_key: str | None = None
+    builder: tfds.core.DatasetBuilder,
+    *,
+    name: str,
+    max_value: float = 255.0,
+    sort_key: str | None = None,
 ) -> ArrayDataset:
     """Reads every split of a prepared ``array_record`` builder into memory.
 
@@ -85,7 +89,7 @@ def load_splits(
     """
     try:
         sources = builder.as_data_source()
-    except Exception as e:  # noqa: BLE001  (tfds raises many types: say which dataset)
+    except Exception as e:
         raise DataError(f"cannot read dataset {name!r} from {builder.data_dir}: {e}") from e
     return _read_splits(builder.info, sources, name=name, max_value=max_value, sort_key=sort_key)
 
@@ -100,14 +104,24 @@ def _read_splits(
 ) -> ArrayDataset:
     image_key, label_key = info.supervised_keys or ("image", "label")
     features = info.features
-    if not (isinstance(image_key, str) and isinstance(label_key, str)) or image_key not in features or label_key not in features:
-        raise DataError(f"dataset {name!r} has no (image, label) features: it has {sorted(features.keys())}")
+    if (
+        not (isinstance(image_key, str) and isinstance(label_key, str))
+        or image_key not in features
+        or label_key not in features
+    ):
+        raise DataError(
+            f"dataset {name!r} has no (image, label) features: it has {sorted(features.keys())}"
+        )
     label_feature = features[label_key]
     if not isinstance(label_feature, tfds.features.ClassLabel):
-        raise DataError(f"dataset {name!r}: feature {label_key!r} is not a class label ({type(label_feature).__name__})")
+        raise DataError(
+            f"dataset {name!r}: feature {label_key!r} is not a class label ({type(label_feature).__name__})"
+        )
     image_shape = tuple(features[image_key].shape)
     if len(image_shape) != 3 or None in image_shape:
-        raise DataError(f"dataset {name!r}: images must have a fixed (H, W, C) shape, got {image_shape}")
+        raise DataError(
+            f"dataset {name!r}: images must have a fixed (H, W, C) shape, got {image_shape}"
+        )
     if "train" not in sources:
         raise DataError(f"dataset {name!r} has no 'train' split (it has {sorted(sources)})")
     splits = {}
@@ -127,13 +141,15 @@ def _read_splits(
                 labels[start:stop] = [r[label_key] for r in records]
                 if sort_key is not None:
                     keys[start:stop] = [r[sort_key] for r in records]
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise DataError(f"cannot read split {split!r} of dataset {name!r}: {e}") from e
         if sort_key is not None:
             order = np.argsort(keys, kind="stable")
             images, labels = images[order], labels[order]
         splits[split] = (images, labels)
-    return ArrayDataset(name=name, splits=splits, class_names=tuple(label_feature.names), max_value=max_value)
+    return ArrayDataset(
+        name=name, splits=splits, class_names=tuple(label_feature.names), max_value=max_value
+    )
 
 
 def load_catalog(name: str, *, data_dir: str | os.PathLike[str] | None = None) -> ArrayDataset:
@@ -177,7 +193,7 @@ def load_catalog(name: str, *, data_dir: str | os.PathLike[str] | None = None) -
             f"unknown dataset {name!r}: not 'digits', 'imagefolder' or a TFDS catalog name "
             "(https://www.tensorflow.org/datasets/catalog)"
         ) from None
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise DataError(f"cannot open TFDS dataset {name!r} in {where}: {e}") from e
     builder_kwargs = {"file_format": "array_record"}
     if not builder.is_prepared():
@@ -189,8 +205,10 @@ def load_catalog(name: str, *, data_dir: str | os.PathLike[str] | None = None) -
             )
         try:
             with contextlib.redirect_stdout(sys.stderr):
-                tfds.data_source(name, data_dir=data_dir, download=True, builder_kwargs=builder_kwargs)
-        except Exception as e:  # noqa: BLE001
+                tfds.data_source(
+                    name, data_dir=data_dir, download=True, builder_kwargs=builder_kwargs
+                )
+        except Exception as e:
             raise DataError(f"cannot download and prepare TFDS dataset {name!r}: {e}") from e
         builder = tfds.builder(name, data_dir=data_dir)
     formats = {f.value for f in builder.info.available_file_formats()}
@@ -200,7 +218,9 @@ def load_catalog(name: str, *, data_dir: str | os.PathLike[str] | None = None) -
             f"TensorFlow to read: prepare it with `tfds build {short} --file_format=array_record`"
         )
     try:
-        sources = tfds.data_source(name, data_dir=data_dir, download=False, builder_kwargs=builder_kwargs)
-    except Exception as e:  # noqa: BLE001
+        sources = tfds.data_source(
+            name, data_dir=data_dir, download=False, builder_kwargs=builder_kwargs
+        )
+    except Exception as e:
         raise DataError(f"cannot read TFDS dataset {name!r} from {builder.data_dir}: {e}") from e
     return _read_splits(builder.info, sources, name=short, max_value=255.0, sort_key=None)

@@ -61,7 +61,9 @@ class ImageFolder:
 
 
 def _find_classes(split_dir: str) -> tuple[str, ...]:
-    return tuple(sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")))
+    return tuple(
+        sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    )
 
 
 def _check_readable(path: str) -> None:
@@ -88,7 +90,9 @@ def _scan_split(split_dir: str, class_names: tuple[str, ...], *, verify: bool) -
                     labels.append(index)
                     count += 1
         if count == 0:
-            raise DataError(f"class folder {class_dir} has no images ({'/'.join(e[1:] for e in IMG_EXTENSIONS)})")
+            raise DataError(
+                f"class folder {class_dir} has no images ({'/'.join(e[1:] for e in IMG_EXTENSIONS)})"
+            )
     return FolderSplit(paths=tuple(paths), labels=np.asarray(labels, np.int32))
 
 
@@ -122,10 +126,14 @@ def scan_imagefolder(root: str | os.PathLike[str], *, verify: bool = True) -> Im
         raise DataError(f"imagefolder root {root} does not exist or is not a directory")
     train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir):
-        raise DataError(f"imagefolder root {root} has no train/ directory (expected {root}/train/<class>/*.png|jpg)")
+        raise DataError(
+            f"imagefolder root {root} has no train/ directory (expected {root}/train/<class>/*.png|jpg)"
+        )
     class_names = _find_classes(train_dir)
     if not class_names:
-        raise DataError(f"{train_dir} has no class folders (expected {train_dir}/<class>/*.png|jpg)")
+        raise DataError(
+            f"{train_dir} has no class folders (expected {train_dir}/<class>/*.png|jpg)"
+        )
     splits = {"train": _scan_split(train_dir, class_names, verify=verify)}
     for split in ("val", "test"):
         split_dir = os.path.join(root, split)

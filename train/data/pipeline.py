@@ -29,8 +29,8 @@ import grain
 import numpy as np
 from PIL import Image  # noqa: F401  (used by the doctests)
 
-from train.data.augment import resize_images
 from train._checks import check_int
+from train.data.augment import resize_images
 from train.data.catalog import ArrayDataset
 from train.data.errors import DataError
 from train.data.imagefolder import ImageFolder
@@ -123,7 +123,9 @@ def apply_imbalance(
     if mine.size == 0:
         return np.sort(indices)
     keep = max(1, int(round(fraction * mine.size)))
-    kept = np.random.default_rng(derive_seed(seed, _IMBALANCE)).choice(mine, size=keep, replace=False)
+    kept = np.random.default_rng(derive_seed(seed, _IMBALANCE)).choice(
+        mine, size=keep, replace=False
+    )
     return np.sort(np.concatenate([indices[~is_cls], kept]))
 
 
@@ -240,7 +242,9 @@ class Input:
 
     def _iterate(self, ds: grain.MapDataset) -> Iterator[Batch]:
         threads = self.num_threads if self.prefetch > 0 else 0
-        iterator = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=self.prefetch)).__iter__()
+        iterator = ds.to_iter_dataset(
+            grain.ReadOptions(num_threads=threads, prefetch_buffer_size=self.prefetch)
+        ).__iter__()
         if self.prefetch > 0:
             iterator.start_prefetch()  # start computing batches now, not on the first next()
         return _closing(iterator)
@@ -264,7 +268,9 @@ def _closing(iterator: grain.DatasetIterator) -> Iterator[Batch]:
         iterator.close()  # stop the prefetch threads when the consumer stops early
 
 
-def _channel_stats(images: np.ndarray, max_value: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _channel_stats(
+    images: np.ndarray, max_value: float
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of ``images / max_value``, in chunks (no float64 copy)."""
     c = images.shape[-1]
     total = np.zeros(c)
@@ -318,13 +324,19 @@ def _assemble(
         train_idx = np.arange(len(train_pool.labels))
         splits = {"val": (pools["val"], np.arange(len(pools["val"].labels)))}
     else:
-        train_idx, val_idx = split_train_val(len(train_pool.labels), val_fraction=options.val_fraction, seed=options.seed)
+        train_idx, val_idx = split_train_val(
+            len(train_pool.labels), val_fraction=options.val_fraction, seed=options.seed
+        )
         splits = {"val": (train_pool, val_idx)} if len(val_idx) else {}
     if options.imbalance is not None:
         cls, fraction = options.imbalance
         if not 0 <= cls < num_classes:
-            raise ValueError(f"imbalance class must be in [0, {num_classes}), got imbalance={options.imbalance!r}")
-        train_idx = apply_imbalance(train_idx, train_pool.labels, cls=cls, fraction=fraction, seed=options.seed)
+            raise ValueError(
+                f"imbalance class must be in [0, {num_classes}), got imbalance={options.imbalance!r}"
+            )
+        train_idx = apply_imbalance(
+            train_idx, train_pool.labels, cls=cls, fraction=fraction, seed=options.seed
+        )
     splits["train"] = (train_pool, train_idx)
     if "test" in pools:
         splits["test"] = (pools["test"], np.arange(len(pools["test"].labels)))
@@ -424,10 +436,10 @@ def from_folder(folder: ImageFolder, *, image_size: int, options: BatchOptions) 
     )
 
 
-
-
 def _tiny_dataset() -> ArrayDataset:
     """Ten 4x4 grey images of two classes, for the examples above."""
     images = np.arange(10 * 16, dtype=np.uint8).reshape(10, 4, 4, 1)
     labels = (np.arange(10) % 2).astype(np.int32)
-    return ArrayDataset(name="tiny", splits={"train": (images, labels)}, class_names=("even", "odd"))
+    return ArrayDataset(
+        name="tiny", splits={"train": (images, labels)}, class_names=("even", "odd")
+    )

@@ -34,7 +34,9 @@ class Pool(Protocol):
 
     labels: np.ndarray
 
-    def load(self, indices: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]: ...
+    def load(
+        self, indices: np.ndarray, rng: np.random.Generator | None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -59,7 +61,9 @@ class ArrayPool:
     pad: int
     flip: bool
 
-    def load(self, indices: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+    def load(
+        self, indices: np.ndarray, rng: np.random.Generator | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Returns float32 ``(B, H, W, C)`` images and int32 ``(B,)`` labels; ``rng`` augments.
 
         Examples:
@@ -72,7 +76,9 @@ class ArrayPool:
         images = self.images[indices]
         if rng is not None:
             images = pad_crop_flip(images, rng, pad=self.pad, flip=self.flip)
-        return normalize(images, max_value=self.max_value, mean=self.mean, std=self.std), self.labels[indices]
+        return normalize(
+            images, max_value=self.max_value, mean=self.mean, std=self.std
+        ), self.labels[indices]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -92,7 +98,9 @@ class FolderPool:
     labels: np.ndarray
     size: int
 
-    def load(self, indices: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+    def load(
+        self, indices: np.ndarray, rng: np.random.Generator | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Returns float32 ``(B, size, size, 3)`` images and int32 ``(B,)`` labels; ``rng`` augments.
 
         Examples:
@@ -113,4 +121,6 @@ class FolderPool:
                 if rng.random() < 0.5:
                     image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             out[k] = np.asarray(image)
-        return normalize(out, max_value=255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD), self.labels[indices]
+        return normalize(out, max_value=255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD), self.labels[
+            indices
+        ]
