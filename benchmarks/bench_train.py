@@ -8,9 +8,9 @@ One process, one CIFAR-style ResNet-18 (``resnet18_cifar``: 3x3 stem, no max-poo
 11.2 M parameters), batch 128 of 32x32x3 float32 images, cross-entropy, SGD with momentum 0.9 and
 weight decay 5e-4, train mode (BatchNorm batch statistics):
 
-* ``flax``: ``train.train_lib.train_step`` under ``jax.jit`` with the state donated, exactly as
+* ``flax``: ``train.step_lib.train_step`` under ``jax.jit`` with the state donated, exactly as
   ``python -m train`` compiles it (NHWC);
-* ``torch``: ``train.torch_resnet.build("resnet18_cifar")`` (the layout ``train.port`` maps), eager,
+* ``torch``: ``train.torch_models.build("resnet18_cifar")`` (the layout ``train.port`` maps), eager,
   ``zero_grad / cross_entropy / backward / SGD.step``, NCHW;
 * ``compile``: the same module under ``torch.compile`` (inductor);
 * ``conv``: the diagnosis: one 3x3, 64 -> 64 channel convolution of the batch (the layer ResNet-18's
@@ -52,7 +52,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from bench_losses import apply_malloc, cores, machine_info, write_results  # noqa: E402
 
-from train import losses, torch_resnet, train_lib  # noqa: E402
+from train import losses  # noqa: E402
+from train import step as step_lib  # noqa: E402
+from train.pytorch import models as torch_models  # noqa: E402
 from train.config import Config  # noqa: E402
 from train.data import pipeline  # noqa: E402
 from train.data.catalog import ArrayDataset  # noqa: E402
@@ -87,12 +89,12 @@ def flax_method(batch_size: int, width: int):
     }
     key = jax.random.key(0, impl="rbg")
     state = [
-        train_lib.create_train_state(config, num_classes=NUM_CLASSES, image_shape=IMAGE, key=key)
+        step_lib.create_train_state(config, num_classes=NUM_CLASSES, image_shape=IMAGE, key=key)
     ]
     jax.block_until_ready(state[0])
     step_fn = jax.jit(
         functools.partial(
-            train_lib.train_step,
+            step_lib.train_step,
             loss_fn=losses.create_loss("ce", num_classes=NUM_CLASSES),
             num_classes=NUM_CLASSES,
         ),
@@ -109,7 +111,7 @@ def flax_method(batch_size: int, width: int):
 
 def torch_method(batch_size: int, width: int, compiled: bool):
     torch.manual_seed(0)
-    model = torch_resnet.build(MODEL, num_classes=NUM_CLASSES, width=width).train()
+    model = torch_models.build(MODEL, num_classes=NUM_CLASSES, width=width).train()
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     images, labels = _batch(batch_size)
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())

@@ -1,7 +1,7 @@
 """Helpers shared by the example scripts: flags, a held-out test split, checkpoint evaluation, tables.
 
 The examples are thin drivers over the `train` package: they build `train.config.Config`s, call
-`train.train_lib.train_and_evaluate`, and read back what it wrote (metrics.jsonl, checkpoints/).
+`train.loop_lib.train_and_evaluate`, and read back what it wrote (metrics.jsonl, checkpoints/).
 """
 
 from __future__ import annotations
@@ -113,11 +113,11 @@ def run(config: Config, workdir: str, data, *, verbose: bool = False) -> dict[st
     """`train_and_evaluate` into a fresh `workdir` (an old run there is removed first)."""
     import shutil
 
-    from train import train_lib
+    from train import loop as loop_lib
 
     if os.path.exists(workdir):
         shutil.rmtree(workdir)
-    return train_lib.train_and_evaluate(
+    return loop_lib.train_and_evaluate(
         config, workdir, data=data, log=print if verbose else (lambda _: None)
     )
 
@@ -132,7 +132,8 @@ def history(workdir: str) -> list[dict[str, Any]]:
 def _eval_fn(loss_name: str, num_classes: int, gamma: float, alpha, smoothing, spread, eps):
     import jax
 
-    from train import losses, train_lib
+    from train import losses
+    from train import step as step_lib
 
     loss_fn = losses.create_loss(
         loss_name,
@@ -143,7 +144,7 @@ def _eval_fn(loss_name: str, num_classes: int, gamma: float, alpha, smoothing, s
         smoothing_spread=spread,
         f1_epsilon=eps,
     )
-    return jax.jit(functools.partial(train_lib.eval_step, loss_fn=loss_fn))
+    return jax.jit(functools.partial(step_lib.eval_step, loss_fn=loss_fn))
 
 
 def evaluate_checkpoint(
@@ -154,9 +155,10 @@ def evaluate_checkpoint(
     (keys `loss, accuracy, f1, recall, count`)."""
     import jax
 
-    from train import checkpoints, metrics, train_lib
+    from train import checkpoints, metrics
+    from train import step as step_lib
 
-    target = train_lib.create_train_state(
+    target = step_lib.create_train_state(
         config,
         num_classes=data.num_classes,
         image_shape=data.image_shape,
@@ -181,7 +183,7 @@ def evaluate_checkpoint(
         config.smoothing_spread,
         config.f1_epsilon,
     )
-    totals = train_lib.evaluate(eval_fn, state, data.eval_batches(split), data.num_classes)
+    totals = step_lib.evaluate(eval_fn, state, data.eval_batches(split), data.num_classes)
     return int(epoch), metrics.summarize(jax.device_get(totals))
 
 

@@ -1,4 +1,4 @@
-"""`python -m train --init-from/--freeze-backbone/--export-torch` and `python -m train.verify`.
+"""`jaxloss-train --init-from/--freeze-backbone/--export-torch` and `jaxloss-verify`.
 
 Subprocess runs on tiny inputs: a width-4 torchvision-layout ResNet-18 with random weights saved by
 torch, the embedded digits (8x8, 1 channel) for fine-tuning.
@@ -17,7 +17,8 @@ import pytest
 import torch
 import torch_models
 
-from train import finetune, optim, verify
+from train import optim
+from train.pytorch import verify
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,7 +55,7 @@ def test_verify_prints_the_difference_and_saves_logits(tmp_path):
     images = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
     np.save(tmp_path / "x.npy", images)
     proc = _run(
-        "train.verify",
+        "train.pytorch.verify",
         [
             str(tmp_path / "r18.pth"),
             "--model",
@@ -122,9 +123,7 @@ def test_freeze_backbone_zeroes_every_update_but_the_head():
             "layer1": {0: {"conv1": {"kernel": nnx.Param(jnp.ones((1, 1, 2, 2)))}}},
         }
     )
-    tx = finetune.freeze_backbone(
-        optim.create_optimizer("adam", learning_rate=0.1, weight_decay=0.5)
-    )
+    tx = optim.freeze_backbone(optim.create_optimizer("adam", learning_rate=0.1, weight_decay=0.5))
     grads = jax.tree.map(jnp.ones_like, params)
     updates, _ = tx.update(grads, tx.init(params), params)
     assert np.all(np.asarray(updates["fc"]["kernel"].get_value()) < 0)

@@ -1,6 +1,6 @@
 """train.port: torch ResNet weights in Flax give the same logits, statistics and training steps.
 
-Torch models (`torch_models`, i.e. `train/torch_resnet.py`: torchvision's ResNet-18/34 names and
+Torch models (`torch_models`, i.e. `train/pytorch/models.py`: torchvision's ResNet-18/34 names and
 seed 004's CIFAR ResNet) get random weights *and* random BatchNorm affine parameters and running
 statistics; their state_dict is ported with `train.port.from_torch` into the Flax `train.models`
 ResNet of the same name (width 64, the real architectures), and both run on the same random images.
@@ -14,7 +14,7 @@ Tolerances (float32):
 - running statistics after a train-mode pass: `atol=1e-5, rtol=1e-4` on the running means (equal by
   construction); the running variances after undoing torch's unbiased `n / (n - 1)` factor (n =
   B*H*W of each BatchNorm's input, recorded with forward hooks).
-- training steps (`train.train_lib.train_step` with `train.losses.create_loss("focal")`, i.e.
+- training steps (`train.step_lib.train_step` with `train.losses.create_loss("focal")`, i.e.
   `jaxloss.focal_loss` alpha 0.25 gamma 2, vs `FocalLossSeed000`; `train.optim.create_optimizer`
   vs torch.optim; 5 batches of 8 random 32x32 images, parameters compared after steps 1 and 5):
   SGD (seed 000: lr 1e-3, momentum 0.9): every parameter within 1e-6 absolute, losses 1e-5
@@ -40,7 +40,9 @@ import torch_models
 import torch_reference as ref
 from flax import nnx
 
-from train import losses, models, optim, port, train_lib
+from train import losses, models, optim
+from train import step as step_lib
+from train.pytorch import port
 
 CLASSES = 10
 SIZE = 32  # torchvision layout: 32 -> 16 (stem) -> 8 (max-pool) -> 8, 4, 2, 1; CIFAR: 32 .. 4
@@ -252,7 +254,7 @@ def test_training_steps_match_torch(optimizer):
     name, lr = "resnet18", LR[optimizer]
     graphdef, params, stats = _port(name, _torch_model(name, seed=5))
     tx = optim.create_optimizer(optimizer, learning_rate=lr, momentum=0.9)
-    state = train_lib.TrainState(
+    state = step_lib.TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=stats,
@@ -261,7 +263,7 @@ def test_training_steps_match_torch(optimizer):
         tx=tx,
     )
     loss_fn = losses.create_loss("focal", num_classes=CLASSES, focal_gamma=2.0, focal_alpha=0.25)
-    step = jax.jit(functools.partial(train_lib.train_step, loss_fn=loss_fn, num_classes=CLASSES))
+    step = jax.jit(functools.partial(step_lib.train_step, loss_fn=loss_fn, num_classes=CLASSES))
     rng = np.random.default_rng(7)
     batches = [(_images(8, seed=100 + i), rng.integers(0, CLASSES, size=8)) for i in range(5)]
     expected = _torch_steps(_torch_model(name, seed=5), optimizer, lr, batches, torch.float32)

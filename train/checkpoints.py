@@ -1,29 +1,68 @@
-"""Orbax checkpoints: the latest epoch (to resume), the best by validation loss and by macro-F1.
+"""Orbax checkpoints: the latest epochs (to resume), the best by validation loss and by macro-F1.
 
 Three `orbax.checkpoint.CheckpointManager`s in `workdir/checkpoints/{latest,best_loss,best_f1}`:
 
-- `latest` keeps the last epoch's train state plus the host-side loop state (a JSON dict: epoch,
-  plateau state, early-stopping counters, best values, metrics history) so `--resume` continues.
+- `latest` keeps the last two epochs' train state plus the host-side loop state (a JSON dict:
+  epoch, schedule state, early-stopping counters, best values, metrics history) so `--resume`
+  continues, and can fall back one epoch when the newest is damaged.
 - `best_loss` (`best_mode="min"` on `val_loss`) and `best_f1` (`"max"` on `val_f1`) keep one state
   each (seed 002 keeps the two separately).
 
-Orbax writes each step into a temporary directory and renames it when complete, so a run killed
-mid-save leaves the previous checkpoint intact; leftover temporary directories are never listed as
-steps and are deleted when the managers open (`cleanup_tmp_directories=True`). Saves are synchronous:
-the train step donates the state's buffers, so a background save must not be reading them.
+Integrity. Orbax writes each step into a temporary directory and renames it when complete, so a
+run killed mid-save leaves the previous checkpoint intact; leftover temporary directories are
+never listed as steps and are deleted when the managers open. Orbax verifies no checksum, though:
+flipped bytes in a data file restore as plausible weights. So every save also writes a JSON item
+`meta` holding a SHA-256 digest of the saved arrays (dtype, shape and bytes of every leaf) and of
+the loop state, and every restore recomputes both: a mismatch, or any error orbax raises while
+reading (truncated or missing files), is a `CheckpointError` naming the step. `restore_latest`
+then falls back to the previous epoch and says so (the damaged step is moved to
+`checkpoints/damaged/`, kept for inspection); with no intact step left it raises. Saves are
+synchronous: the train step donates the state's buffers, so a background save must not read them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpoints"]
+__all__ = ["CheckpointError", "Checkpoints", "digest"]
 
 _KINDS = {"best_loss": ("val_loss", "min"), "best_f1": ("val_f1", "max")}
+_LATEST_KEPT = 2  # the newest and one to fall back to
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable or fails its digest (one line, naming the step)."""
+
+
+def digest(tree: Any) -> str:
+    """SHA-256 of a pytree's leaves (dtype, shape and bytes, in `jax.tree.leaves` order).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> digest({"w": jnp.ones(2)}) == digest({"w": jnp.ones(2)})
+      True
+      >>> digest({"w": jnp.ones(2)}) == digest({"w": jnp.ones(2).at[1].set(1.0000001)})
+      False
+    """
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(tree)):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _json_digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def _options(max_to_keep: int, metric: str | None = None, mode: str = "min"):
@@ -40,9 +79,7 @@ def _options(max_to_keep: int, metric: str | None = None, mode: str = "min"):
 
 
 class Checkpoints:
-    """The run's three checkpoint managers.
-
-    Steps are epoch counts (step `e` = state after `e` completed epochs).
+    """The run's three checkpoint managers; steps are epoch counts (state after `e` epochs).
 
     Examples:
       >>> import tempfile, jax.numpy as jnp
@@ -54,15 +91,19 @@ class Checkpoints:
       >>> ckpt.close()
     """
 
-    def __init__(self, directory: str | os.PathLike[str]):
-        directory = os.path.abspath(os.fspath(directory))
-        self.directory = directory
+    def __init__(self, directory: str | os.PathLike[str], log: Callable[[str], None] = print):
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.log = log
         self.latest = ocp.CheckpointManager(
-            os.path.join(directory, "latest"), options=_options(1), item_names=("state", "loop")
+            os.path.join(self.directory, "latest"),
+            options=_options(_LATEST_KEPT),
+            item_names=("state", "meta"),
         )
         self.best = {
             kind: ocp.CheckpointManager(
-                os.path.join(directory, kind), options=_options(1, metric, mode)
+                os.path.join(self.directory, kind),
+                options=_options(1, metric, mode),
+                item_names=("state", "meta"),
             )
             for kind, (metric, mode) in _KINDS.items()
         }
@@ -71,58 +112,103 @@ class Checkpoints:
         """The last completed epoch saved, or None."""
         return self.latest.latest_step()
 
+    def _save(self, manager, step: int, state: Any, loop: Any, metrics=None) -> None:
+        if step in manager.all_steps():  # a resumed run repeating an epoch that was cut short
+            manager.delete(step)
+        meta = {"loop": loop, "state_sha256": digest(state), "loop_sha256": _json_digest(loop)}
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        manager.save(step, args=args, metrics=metrics, force=True)
+        manager.wait_until_finished()
+
+    def _restore(self, manager, step: int, target: Any) -> tuple[Any, Any]:
+        where = f"checkpoint {os.path.join(manager.directory, str(step))}"
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        try:
+            out = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+                ),
+            )
+            meta = out["meta"]
+            ok = (
+                isinstance(meta, dict)
+                and meta.get("state_sha256") == digest(out["state"])
+                and meta.get("loop_sha256") == _json_digest(meta.get("loop"))
+            )
+        except Exception as e:  # orbax raises many types for truncated or missing files
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise CheckpointError(f"{where} is damaged: {reason}") from None
+        if not ok:
+            raise CheckpointError(f"{where} is damaged: its contents do not match their digest")
+        return out["state"], meta["loop"]
+
     def save_latest(self, step: int, state: Any, loop: dict[str, Any]) -> None:
         """Saves the train state and the JSON-serialisable loop state as step `step`."""
-        self.latest.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)
-            ),
-            force=True,
-        )
-        self.latest.wait_until_finished()
+        self._save(self.latest, step, state, loop)
 
     def save_best(self, kind: str, step: int, state: Any, metrics: dict[str, float]) -> None:
         """Saves `state` to the `kind` ("best_loss" or "best_f1") manager with its metrics."""
         if kind not in self.best:
             raise ValueError(f"kind must be one of {sorted(self.best)}, got {kind=}")
         metric = _KINDS[kind][0]
-        manager = self.best[kind]
-        if step in manager.all_steps():  # a resumed run repeating an epoch that was cut short
-            manager.delete(step)
-        manager.save(
-            step,
-            args=ocp.args.StandardSave(state),
-            metrics={metric: float(metrics[metric])},
-            force=True,
-        )
-        manager.wait_until_finished()
+        value = {metric: float(metrics[metric])}
+        self._save(self.best[kind], step, state, value, metrics=value)
 
     def restore_latest(self, target: Any) -> tuple[Any, dict[str, Any]]:
-        """Restores the latest state (shaped like `target`, concrete or abstract) and loop dict."""
-        step = self.latest.latest_step()
-        if step is None:
-            raise ValueError(f"no checkpoint to resume from in {self.latest.directory}")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        out = self.latest.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore()
-            ),
-        )
-        return out["state"], out["loop"]
+        """Restores the newest intact latest state (shaped like `target`) and its loop dict.
+
+        A damaged step is reported through `log`, moved to `checkpoints/damaged/` and the previous
+        one is tried.
+
+        Raises:
+          CheckpointError: there is no checkpoint, or none is intact.
+        """
+        steps = sorted(self.latest.all_steps(), reverse=True)
+        if not steps:
+            raise CheckpointError(f"no checkpoint to resume from in {self.latest.directory}")
+        errors = []
+        for step in steps:
+            try:
+                return self._restore(self.latest, step, target)
+            except CheckpointError as e:
+                errors.append(str(e))
+                moved = self._quarantine(step)
+                older = [s for s in steps if s < step]
+                then = f"falling back to epoch {older[0]}" if older else "no older checkpoint left"
+                self.log(f"warning: {e}; moved to {moved}; {then}")
+        raise CheckpointError(f"no intact checkpoint to resume from: {errors[0]}")
+
+    def _quarantine(self, step: int) -> str:
+        dest = os.path.join(self.directory, "damaged", f"latest-{step}")
+        shutil.rmtree(dest, ignore_errors=True)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.move(os.path.join(self.latest.directory, str(step)), dest)
+        self.latest.reload()
+        return dest
+
+    def discard_after(self, step: int) -> None:
+        """Deletes every best checkpoint saved after epoch `step` (they are being re-run)."""
+        for manager in self.best.values():
+            for s in manager.all_steps():
+                if s > step:
+                    manager.delete(s)
+            manager.reload()
 
     def best_step(self, kind: str) -> int | None:
         """Epoch of the best checkpoint of `kind`, or None."""
         return self.best[kind].best_step()
 
     def restore_best(self, kind: str, target: Any) -> Any:
-        """Restores the best state of `kind` ("best_loss" or "best_f1")."""
+        """Restores the best state of `kind` ("best_loss" or "best_f1"), checking its digest.
+
+        Raises:
+          CheckpointError: there is none, or it is damaged.
+        """
         step = self.best_step(kind)
         if step is None:
-            raise ValueError(f"no {kind} checkpoint in {self.directory}")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        return self.best[kind].restore(step, args=ocp.args.StandardRestore(abstract))
+            raise CheckpointError(f"no {kind} checkpoint in {self.directory}")
+        return self._restore(self.best[kind], step, target)[0]
 
     def close(self) -> None:
         """Waits for pending writes and closes the managers."""

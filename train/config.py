@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import os
-from typing import Any
 
-__all__ = ["Config", "SCHEDULES", "DTYPES"]
+from train import names
+from train._checks import ArgumentTypeError, check_choice, check_int, check_real
 
-SCHEDULES = ("constant", "step", "cosine", "plateau")
-DTYPES = ("float32", "bfloat16")
-_PORTABLE = ("resnet18", "resnet34", "resnet18_cifar", "resnet34_cifar")  # train.port.LAYOUTS
+__all__ = ["Config"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Everything a run depends on (`python -m train --help` documents each field's flag).
+    """Everything a run depends on (`jaxloss-train --help` documents each field's flag).
 
     Examples:
       >>> cfg = Config(epochs=3, schedule="cosine")
@@ -46,7 +42,7 @@ class Config:
     model: str = "resnet18_cifar"
     width: int | None = 24
     dtype: str = "float32"
-    # fine-tuning from / export to a torch state_dict (ResNets only; train.port, train.finetune)
+    # fine-tuning from / export to a torch state_dict (ResNets only; train.pytorch)
     init_from: str | None = None
     freeze_backbone: bool = False
     export_torch: str | None = None
@@ -87,61 +83,62 @@ class Config:
     plot: bool = True
 
     def __post_init__(self) -> None:
-        def real(
-            name: str, low: float = -math.inf, high: float = math.inf, low_open: bool = False
-        ) -> None:
-            value = getattr(self, name)
-            ok = (
-                isinstance(value, (int, float))
-                and math.isfinite(value)
-                and value <= high
-                and (value > low if low_open else value >= low)
-            )
-            if not ok:
-                bound = f"> {low}" if low_open else f">= {low}"
-                if high != math.inf:
-                    bound = f"in [{low}, {high}]"
-                raise ValueError(f"{name} must be a finite number {bound}, got {name}={value!r}")
-
-        def integer(name: str, low: int, optional: bool = False) -> None:
-            value = getattr(self, name)
-            if optional and value is None:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {name}={value!r}")
-
-        real("lr", 0.0)
-        real("momentum", 0.0)
-        real("weight_decay", 0.0)
-        real("gamma", 0.0, low_open=True)
-        real("eta_min", 0.0)
-        real("plateau_factor", 0.0, 1.0)
-        real("plateau_threshold", 0.0)
-        real("plateau_min_lr", 0.0)
-        real("focal_gamma", 0.0)
-        real("disturb_label", 0.0, 100.0)
-        real("val_fraction", 0.0, 1.0)
+        """Checks every limit a component enforces, with that component's message (`_checks`)."""
+        for name in ("lr", "momentum", "weight_decay", "eta_min", "plateau_min_lr"):
+            check_real(name, getattr(self, name), low=0.0)
+        check_real("gamma", self.gamma, low=0.0, low_open=True)
+        check_real("plateau_factor", self.plateau_factor, low=0.0, high=1.0, high_open=True)
+        check_real("plateau_threshold", self.plateau_threshold, low=0.0)
+        check_real("focal_gamma", self.focal_gamma, low=0.0)
+        check_real("disturb_label", self.disturb_label, low=0.0, high=100.0)
+        check_real("val_fraction", self.val_fraction, low=0.0, high=1.0, high_open=True)
+        check_real("f1_epsilon", self.f1_epsilon, low=0.0, high=0.5, low_open=True, high_open=True)
+        if self.label_smoothing is not None:
+            check_real("label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
         for name in ("epochs", "batch_size", "accum", "step_size"):
-            integer(name, 1)
-        for name in ("plateau_patience", "plateau_cooldown", "early_stopping"):
-            integer(name, 0)
+            check_int(name, getattr(self, name), minimum=1)
+        for name in ("plateau_patience", "plateau_cooldown", "early_stopping", "seed"):
+            check_int(name, getattr(self, name), minimum=0)
         for name in ("t_max", "eval_batch_size", "limit_train_batches", "width", "image_size"):
-            integer(name, 1, optional=True)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an integer, got seed={self.seed!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), minimum=1)
+        for name, choices in (
+            ("model", names.MODELS),
+            ("loss", names.LOSSES),
+            ("optimizer", names.OPTIMIZERS),
+            ("schedule", names.SCHEDULES),
+            ("dtype", names.DTYPES),
+            ("smoothing_spread", names.SMOOTHING_SPREADS),
+            ("plateau_mode", ("min", "max")),
+        ):
+            check_choice(name, getattr(self, name), choices)
+        for name in ("augment", "nesterov", "freeze_backbone", "resume", "plot"):
+            if not isinstance(getattr(self, name), bool):
+                raise ArgumentTypeError(
+                    f"{name} must be a bool, got {name}={getattr(self, name)!r}"
+                )
+        self._check_combinations()
+
+    def _check_combinations(self) -> None:
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ArgumentTypeError(f"dataset must be a non-empty string, got {self.dataset=}")
+        if self.dataset == "digits" and self.data_dir is not None:
             raise ValueError(
-                f"val_fraction must be in [0, 1), got val_fraction={self.val_fraction!r}"
+                "dataset 'digits' is embedded and takes no data_dir (use cache_dir), got "
+                f"data_dir={self.data_dir!r}"
             )
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got schedule={self.schedule!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got dtype={self.dtype!r}")
-        if self.plateau_mode not in ("min", "max"):
-            raise ValueError(f"plateau_mode must be 'min' or 'max', got {self.plateau_mode=}")
-        if (self.init_from or self.export_torch) and self.model not in _PORTABLE:
+        if self.nesterov and self.optimizer != "sgd":
+            raise ValueError(f"nesterov is an SGD option, got nesterov=True with {self.optimizer=}")
+        if self.nesterov and self.momentum == 0.0:
+            raise ValueError(f"nesterov momentum requires momentum > 0, got {self.momentum=}")
+        if self.focal_alpha is not None:
+            for a in self.focal_alpha:
+                check_real("focal_alpha", a)
+            if self.loss == "sigmoid_focal" and len(self.focal_alpha) != 1:
+                raise ValueError(f"sigmoid_focal takes a scalar alpha, got {self.focal_alpha=}")
+        if (self.init_from or self.export_torch) and self.model not in names.PORT_LAYOUTS:
             raise ValueError(
-                f"--init-from/--export-torch need a ResNet model {_PORTABLE}, got "
+                f"--init-from/--export-torch need a ResNet model {tuple(names.PORT_LAYOUTS)}, got "
                 f"model={self.model!r}"
             )
         if self.freeze_backbone and not self.init_from:
@@ -168,22 +165,20 @@ class Config:
 
     @classmethod
     def from_json(cls, text: str) -> Config:
-        """Inverse of `to_json`; unknown keys raise ValueError."""
-        raw: dict[str, Any] = json.loads(text)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - names)
+        """Inverse of `to_json`; raises ValueError for anything but a JSON object of fields."""
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected a JSON object of fields, got {type(raw).__name__}")
+        unknown = sorted(set(raw) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"unknown config keys {unknown}")
         for key in ("imbalance", "focal_alpha"):
-            if raw.get(key) is not None:
+            if isinstance(raw.get(key), list):
                 raw[key] = tuple(raw[key])
-        return cls(**raw)
-
-    def write(self, workdir: str | os.PathLike[str]) -> str:
-        """Writes `workdir/config.json` and returns its path."""
-        path = os.path.join(workdir, "config.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(self.to_json() + "\n")
-        os.replace(tmp, path)
-        return path
+        try:
+            return cls(**raw)
+        except TypeError as e:  # a wrong kind of value, e.g. a string for an epoch count
+            raise ValueError(str(e)) from None

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 import jaxloss
 
-__all__ = ["LOSSES", "LossFn", "create_loss"]
+__all__ = ["LOSSES", "LossFn", "create_loss", "loss_from_config"]
 
 LossFn = Callable[[jax.Array, jax.Array, "jax.Array | None"], jax.Array]
 
@@ -149,3 +150,32 @@ def create_loss(
         return fn(logits, labels, mask)
 
     return loss_fn
+
+
+_cached_loss = functools.lru_cache(maxsize=16)(create_loss)
+
+
+def loss_from_config(config: Any, num_classes: int) -> LossFn:
+    """The run's loss: :func:`create_loss` from a ``train.config.Config``'s loss fields.
+
+    ``loss``, ``focal_gamma``, ``focal_alpha``, ``label_smoothing``, ``smoothing_spread`` and
+    ``f1_epsilon``. Equal settings give the same function (cached), so the jitted steps that close
+    over it (``train.step.compiled_steps``) compile once per process.
+
+    Examples:
+      >>> from train.config import Config
+      >>> loss_fn = loss_from_config(Config(loss="focal"), num_classes=3)
+      >>> loss_fn is loss_from_config(Config(loss="focal"), num_classes=3)
+      True
+      >>> round(float(loss_fn(jnp.zeros((2, 3)), jnp.array([0, 1]))), 4)  # (2/3)**2 * log 3
+      0.4883
+    """
+    return _cached_loss(
+        config.loss,
+        num_classes=num_classes,
+        focal_gamma=config.focal_gamma,
+        focal_alpha=config.focal_alpha,
+        label_smoothing=config.label_smoothing,
+        smoothing_spread=config.smoothing_spread,
+        f1_epsilon=config.f1_epsilon,
+    )

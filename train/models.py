@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from train.names import RESNET_DEPTHS
+
 __all__ = [
     "MODELS",
     "BasicBlock",
@@ -133,7 +135,7 @@ class _ResNet(nnx.Module):
     """The ResNet both layouts share: stem conv + BN + ReLU, [max-pool], 4 stages, average pool, `fc`.
 
     Subclasses set the stem (`_STEM = (kernel, stride, padding)`) and whether a 3x3 stride-2
-    max-pool follows it; attribute names are torchvision's, so `train.port` maps both.
+    max-pool follows it; attribute names are torchvision's, so `train.pytorch.port` maps both.
     """
 
     _STEM: tuple[int, int, int]
@@ -352,13 +354,12 @@ def _plain(cls: type) -> Callable[..., nnx.Module]:
 
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {
-    "resnet18_cifar": _resnet(CifarResNet, (2, 2, 2, 2)),
-    "resnet34_cifar": _resnet(CifarResNet, (3, 4, 6, 3)),
-    "resnet18": _resnet(TorchvisionResNet, (2, 2, 2, 2)),
-    "resnet34": _resnet(TorchvisionResNet, (3, 4, 6, 3)),
+    **{f"{name}_cifar": _resnet(CifarResNet, depths) for name, depths in RESNET_DEPTHS.items()},
+    **{name: _resnet(TorchvisionResNet, depths) for name, depths in RESNET_DEPTHS.items()},
     "small_cnn": _plain(SmallCNN),
     "lenet": _plain(LeNet),
 }
+"""Registry: `train.names.MODELS` -> builder."""
 
 
 def create_model(

@@ -29,18 +29,25 @@ advances once per real step.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from optax import tree_utils as otu
 
 from train._checks import check_int, check_real
 
-__all__ = ["OPTIMIZERS", "create_optimizer", "get_learning_rate", "set_learning_rate"]
-
-_INJECT_STATES = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
+__all__ = [
+    "OPTIMIZERS",
+    "create_optimizer",
+    "freeze_backbone",
+    "get_learning_rate",
+    "optimizer_from_config",
+    "set_learning_rate",
+]
 
 
 def _torch_sgd(
@@ -199,16 +206,15 @@ def create_optimizer(
     return tx
 
 
-def _inject_state(opt_state: Any) -> Any:
-    """The ``InjectStatefulHyperparamsState`` inside ``opt_state`` (unwrapping MultiSteps)."""
-    if isinstance(opt_state, optax.MultiStepsState):
-        opt_state = opt_state.inner_opt_state
-    if not isinstance(opt_state, _INJECT_STATES) or "learning_rate" not in opt_state.hyperparams:
+def _learning_rate_leaf(opt_state: Any) -> Any:
+    """The injected ``learning_rate`` anywhere in ``opt_state`` (``optax.tree_utils.tree_get``)."""
+    lr = otu.tree_get(opt_state, "learning_rate")
+    if lr is None:
         raise ValueError(
             "opt_state holds no injected learning_rate (build the optimiser with "
             f"create_optimizer), got {type(opt_state).__name__}"
         )
-    return opt_state
+    return lr
 
 
 def _is_variable(x: Any) -> bool:
@@ -237,7 +243,7 @@ def get_learning_rate(opt_state: Any) -> jax.Array:
       >>> float(get_learning_rate(state))  # doctest: +ELLIPSIS
       0.0010000000474...
     """
-    lr = _inject_state(opt_state).hyperparams["learning_rate"]
+    lr = _learning_rate_leaf(opt_state)
     return lr.get_value() if _is_variable(lr) else lr
 
 
@@ -268,14 +274,86 @@ def set_learning_rate(opt_state: Any, lr: float | jax.typing.ArrayLike) -> Any:
       >>> tx.update(jnp.ones(2), state, jnp.zeros(2))[0]
       Array([-0.5, -0.5], dtype=float32)
     """
-    inject = _inject_state(opt_state)
-    old = inject.hyperparams["learning_rate"]
+    old = _learning_rate_leaf(opt_state)
     if _is_variable(old):
         value = old.get_value()
         old.set_value(jnp.asarray(lr, dtype=value.dtype).reshape(jnp.shape(value)))
         return opt_state
     new = jnp.asarray(lr, dtype=jnp.asarray(old).dtype).reshape(jnp.shape(old))
-    inject = inject._replace(hyperparams={**inject.hyperparams, "learning_rate": new})
-    if isinstance(opt_state, optax.MultiStepsState):
-        return opt_state._replace(inner_opt_state=inject)
-    return inject
+    return otu.tree_set(opt_state, learning_rate=new)
+
+
+def _top_name(path: tuple[Any, ...]) -> Any:
+    first = path[0]
+    return getattr(first, "key", getattr(first, "name", first))
+
+
+@functools.lru_cache(maxsize=16)  # one wrapper per optimiser: the jitted step is not retraced
+def freeze_backbone(
+    tx: optax.GradientTransformation, *, head: str = "fc"
+) -> optax.GradientTransformation:
+    """Wraps ``tx`` so that only the parameters under ``head`` change (fine-tuning, seed 000).
+
+    ``optax.multi_transform``: ``tx`` updates the top-level ``head`` subtree and
+    ``optax.set_to_zero`` every other parameter, as ``requires_grad = False`` on them does in torch
+    (weight decay included: frozen parameters never move). ``tx``'s state is kept for the head only,
+    and its learning rate stays reachable by :func:`get_learning_rate` / :func:`set_learning_rate`.
+    BatchNorm running statistics are not parameters: they still update in train mode, as in torch.
+
+    Args:
+      tx: the optimiser (e.g. from :func:`create_optimizer`).
+      head: the top-level name of the trainable parameters.
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Examples:
+      >>> tx = freeze_backbone(optax.sgd(0.1), head="fc")
+      >>> params = {"fc": jnp.ones(2), "conv1": jnp.ones(2)}
+      >>> updates, _ = tx.update({"fc": jnp.ones(2), "conv1": jnp.ones(2)}, tx.init(params), params)
+      >>> updates["fc"].tolist(), updates["conv1"].tolist()
+      ([-0.1, -0.1], [0.0, 0.0])
+    """
+
+    def labels(params: Any) -> Any:
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "head" if _top_name(path) == head else "frozen", params
+        )
+
+    return optax.multi_transform({"head": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+@functools.lru_cache(maxsize=16)
+def _optimizer(name, learning_rate, momentum, nesterov, weight_decay, accum_steps, frozen):
+    tx = create_optimizer(
+        name,
+        learning_rate=learning_rate,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        accum_steps=accum_steps,
+    )
+    return freeze_backbone(tx) if frozen else tx
+
+
+def optimizer_from_config(config: Any) -> optax.GradientTransformation:
+    """The run's optimiser: :func:`create_optimizer` from a ``train.config.Config``'s fields.
+
+    ``optimizer``, ``lr``, ``momentum``, ``nesterov``, ``weight_decay``, ``accum`` and, with
+    ``freeze_backbone``, :func:`freeze_backbone` around it. Equal settings give the same object
+    (cached), so a jitted step that closes over it is compiled once per process.
+
+    Examples:
+      >>> from train.config import Config
+      >>> optimizer_from_config(Config(lr=0.1)) is optimizer_from_config(Config(lr=0.1))
+      True
+    """
+    return _optimizer(
+        config.optimizer,
+        config.lr,
+        config.momentum,
+        config.nesterov,
+        config.weight_decay,
+        config.accum,
+        config.freeze_backbone,
+    )

@@ -16,7 +16,7 @@ not glibc. The same effect without code: ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1
 pages) or ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647`` in the environment
 before Python starts, or an allocator such as jemalloc or tcmalloc via ``LD_PRELOAD``.
 
-``python -m train`` and the benchmarks call it at start-up (``--malloc default`` turns it off);
+``jaxloss-train`` and the benchmarks call it at start-up (``--malloc default`` turns it off);
 library code (``jaxloss``) never changes process state.
 """
 

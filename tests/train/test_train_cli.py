@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from train import __main__ as cli
+from train import cli, names
 from train.config import Config
-from train.configs import PRESETS
+from train.presets import PRESETS
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -198,8 +198,8 @@ def test_bad_data_gives_one_error_line_and_no_traceback(tmp_path):
 def test_cli_choices_match_the_registries():
     from train import losses, models
 
-    assert set(cli._MODELS) == set(models.MODELS)
-    assert set(cli._LOSSES) == set(losses.LOSSES)
+    assert set(names.MODELS) == set(models.MODELS)
+    assert set(names.LOSSES) == set(losses.LOSSES)
     from train import optim
 
-    assert set(cli._OPTIMIZERS) == set(optim.OPTIMIZERS)
+    assert set(names.OPTIMIZERS) == set(optim.OPTIMIZERS)

@@ -1,4 +1,4 @@
-"""train.train_lib: train/eval steps, retracing, early stopping, checkpoints and exact resume."""
+"""train.step and train.loop: train/eval steps, retracing, early stopping, checkpoints and exact resume."""
 
 import dataclasses
 import functools
@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train import checkpoints, losses, train_lib
+from train import checkpoints, losses
+from train import loop as loop_lib
+from train import step as step_lib
 from train.config import Config
 
 
@@ -66,7 +68,7 @@ def _config(**kw):
 
 
 def _state(config, data=FakeInput()):
-    return train_lib.create_train_state(
+    return step_lib.create_train_state(
         config,
         num_classes=data.num_classes,
         image_shape=data.image_shape,
@@ -78,7 +80,7 @@ def _jitted_step(config, num_classes=3):
     loss_fn = losses.create_loss(config.loss, num_classes=num_classes)
     return jax.jit(
         functools.partial(
-            train_lib.train_step,
+            step_lib.train_step,
             loss_fn=loss_fn,
             num_classes=num_classes,
             disturb_label=config.disturb_label,
@@ -113,7 +115,7 @@ def test_eval_step_ignores_masked_examples():
     state = _state(config)
     loss_fn = losses.create_loss("ce", num_classes=3)
     batch = next(FakeInput().eval_batches())
-    step = jax.jit(functools.partial(train_lib.eval_step, loss_fn=loss_fn))
+    step = jax.jit(functools.partial(step_lib.eval_step, loss_fn=loss_fn))
     full = step(state, batch)
     masked = dict(batch, mask=np.arange(8) < 5)
     part = step(state, masked)
@@ -153,9 +155,9 @@ def _final(workdir, config):
 def test_resume_matches_uninterrupted_run(tmp_path, extra):
     data = FakeInput()
     straight = _config(**extra)
-    train_lib.train_and_evaluate(straight, str(tmp_path / "a"), data=data, log=lambda s: None)
+    loop_lib.train_and_evaluate(straight, str(tmp_path / "a"), data=data, log=lambda s: None)
 
-    train_lib.train_and_evaluate(
+    loop_lib.train_and_evaluate(
         _config(**extra, epochs=2), str(tmp_path / "b"), data=data, log=lambda s: None
     )
     # A run killed while saving epoch 3 leaves a temporary directory: it must be ignored.
@@ -163,7 +165,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, extra):
     (partial / "state").mkdir(parents=True)
     (partial / "state" / "junk").write_text("half-written")
     logs = []
-    train_lib.train_and_evaluate(
+    loop_lib.train_and_evaluate(
         dataclasses.replace(straight, resume=True), str(tmp_path / "b"), data=data, log=logs.append
     )
     assert logs[0].startswith("resumed from") and "after epoch 2" in logs[0]
@@ -194,7 +196,7 @@ def test_outputs_best_checkpoints_and_early_stopping(tmp_path):
     # epoch every epoch is "bad" and patience 2 stops the run after epoch 3.
     config = _config(model="lenet", lr=0.0, epochs=10, early_stopping=2, plot=True)
     logs = []
-    summary = train_lib.train_and_evaluate(config, str(tmp_path), data=data, log=logs.append)
+    summary = loop_lib.train_and_evaluate(config, str(tmp_path), data=data, log=logs.append)
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert any("early stopping" in line for line in logs)
@@ -228,9 +230,9 @@ def test_outputs_best_checkpoints_and_early_stopping(tmp_path):
     )
     # an existing run is not overwritten without --resume, nor resumed with other settings
     with pytest.raises(ValueError, match="--resume"):
-        train_lib.train_and_evaluate(config, str(tmp_path), data=data, log=lambda s: None)
+        loop_lib.train_and_evaluate(config, str(tmp_path), data=data, log=lambda s: None)
     with pytest.raises(ValueError, match=r"differ .* lr=0.1 \(was 0.0\)"):
-        train_lib.train_and_evaluate(
+        loop_lib.train_and_evaluate(
             dataclasses.replace(config, resume=True, lr=0.1),
             str(tmp_path),
             data=data,
@@ -286,17 +288,18 @@ _DATA_PARALLEL = r"""
 import functools, jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_num_cpu_devices", 2)
 from jax.sharding import NamedSharding, PartitionSpec as P
-from train import losses, train_lib
+from train import losses
+from train import step as step_lib
 from train.config import Config
 # SGD, not Adam: Adam's first step is ~lr * sign(g), so it turns rounding noise in near-zero
 # gradients into lr-sized differences.
-state = train_lib.create_train_state(Config(model="small_cnn", width=2, optimizer="sgd", lr=0.1),
+state = step_lib.create_train_state(Config(model="small_cnn", width=2, optimizer="sgd", lr=0.1),
                                      num_classes=3, image_shape=(16, 16, 1),
                                      key=jax.random.key(0, impl="rbg"))
 mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 batch = {"image": np.random.default_rng(0).normal(size=(8, 16, 16, 1)).astype(np.float32),
          "label": np.arange(8, dtype=np.int32) % 3, "mask": np.ones(8, bool)}
-step = jax.jit(functools.partial(train_lib.train_step, num_classes=3,
+step = jax.jit(functools.partial(step_lib.train_step, num_classes=3,
                                  loss_fn=losses.create_loss("ce", num_classes=3)))
 s1, m1 = step(state, batch, jax.random.key(1))
 s2, m2 = step(jax.device_put(state, NamedSharding(mesh, P())),

@@ -30,9 +30,9 @@ from train.data.errors import DataError
 if TYPE_CHECKING:
     from train.data.pipeline import Batch, Input
 
-__all__ = ["Batch", "DataError", "Input", "build_input"]
+__all__ = ["Batch", "DataError", "Input", "build_input", "input_from_config"]
 
-# `import train.data` stays light (no tfds, no grain: ~1.3 s) so `python -m train
+# `import train.data` stays light (no tfds, no grain: ~1.3 s) so `jaxloss-train
 # --help` is quick; `Input` and `Batch` load with the pipeline on first access.
 _LAZY = ("Batch", "BatchOptions", "Input")
 
@@ -168,3 +168,32 @@ def build_input(
 
         arrays = load_catalog(dataset, data_dir=data_dir)
     return pipeline.from_arrays(arrays, image_size=image_size, options=options)
+
+
+def input_from_config(config: Any, *, prefetch: int = 2) -> Input:
+    """:func:`build_input` with a ``train.config.Config``'s data fields.
+
+    ``dataset``, ``data_dir``, ``batch_size``, ``eval_batch_size``, ``val_fraction``,
+    ``imbalance``, ``augment``, ``image_size``, ``seed`` and ``cache_dir``: the one place the
+    trainer, the examples and the benchmarks turn a configuration into batches.
+
+    Examples:
+        >>> import tempfile
+        >>> from train.config import Config
+        >>> data = input_from_config(Config(batch_size=32, cache_dir=tempfile.mkdtemp()))
+        >>> data.steps_per_epoch, data.num_classes
+        (44, 10)
+    """
+    return build_input(
+        dataset=config.dataset,
+        data_dir=config.data_dir,
+        batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size,
+        val_fraction=config.val_fraction,
+        imbalance=config.imbalance,
+        augment=config.augment,
+        image_size=config.image_size,
+        seed=config.seed,
+        cache_dir=config.cache_dir,
+        prefetch=prefetch,
+    )

@@ -20,6 +20,7 @@ defaults to ``$JAXLOSS_DATA_DIR`` or ``~/.cache/jaxloss/tensorflow_datasets``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -111,7 +112,7 @@ def prepare_digits(cache_dir: str | os.PathLike[str] | None = None) -> JaxlossDi
     A prepared copy (``dataset_info.json`` present) is reused as is; TFDS writes
     into a temporary directory and renames it, so an interrupted preparation
     never leaves a half-written dataset behind, and when two processes prepare at
-    once the loser uses the winner's copy. TFDS's progress messages go to stderr.
+    once the loser uses the winner's copy. TFDS's own messages are silenced; one line says that the dataset is being prepared.
 
     Args:
         cache_dir: TFDS data directory; ``None`` means :func:`default_cache_dir`.
@@ -131,16 +132,38 @@ def prepare_digits(cache_dir: str | os.PathLike[str] | None = None) -> JaxlossDi
         (1797, (8, 8, 1), dtype('uint8'))
     """
     data_dir = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir()
-    builder = JaxlossDigits(data_dir=data_dir, file_format="array_record")
-    if builder.is_prepared():
-        return builder
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            builder.download_and_prepare()
-    except Exception as e:
-        # Another process preparing the same cache may win the final rename;
-        # its copy is complete, so use it. Anything else is a real failure.
+    with _quiet_tfds():
         builder = JaxlossDigits(data_dir=data_dir, file_format="array_record")
-        if not builder.is_prepared():
-            raise DataError(f"cannot prepare the digits dataset in {data_dir}: {e}") from e
+        if builder.is_prepared():
+            return builder
+        print(
+            f"preparing the embedded digits dataset once in {data_dir} (a few seconds; "
+            "nothing is downloaded)",
+            file=sys.stderr,
+        )
+        try:
+            builder.download_and_prepare()
+        except Exception as e:
+            # Another process preparing the same cache may win the final rename;
+            # its copy is complete, so use it. Anything else is a real failure.
+            builder = JaxlossDigits(data_dir=data_dir, file_format="array_record")
+            if not builder.is_prepared():
+                raise DataError(f"cannot prepare the digits dataset in {data_dir}: {e}") from e
     return builder
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+    """TFDS's messages for a dataset it prepares here ("Downloading and preparing ... Unknown
+    size", absl's "Variant folder ... has no dataset_info.json", progress bars) say nothing true
+    about an embedded dataset: silence them for the duration."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    tfds.display_progress_bar(False)
+    try:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            yield
+    finally:
+        absl_logger.setLevel(level)
+        tfds.display_progress_bar(True)

@@ -1,15 +1,15 @@
-"""`python -m train.verify CHECKPOINT.pth --model resnet18`: torch and Flax logits from one file.
+"""`jaxloss-verify CHECKPOINT.pth --model resnet18`: torch and Flax logits from one file.
 
-Builds the PyTorch ResNet (torchvision's parameter names, `train/torch_resnet.py`) and the Flax
-`train.models` ResNet from the same state_dict (`train.port`), runs both in eval mode on the same
+Builds the PyTorch ResNet (torchvision's parameter names, `train.pytorch.models`) and the Flax
+`train.models` ResNet from the same state_dict (`train.pytorch.port`), runs both in eval mode on the same
 batch and prints `max |logit diff| = X` as its last line: the user's own proof that the port is
 exact. The class count, width and input channels come from the checkpoint (`fc.weight` rows,
 `conv1.weight`). Needs torch (imported only when the command runs).
 
 Examples (shell):
-  python -m train.verify resnet18.pth --model resnet18                  # 2 random 224x224 images
-  python -m train.verify ckpt.pth --model resnet34 --images batch.npy --save-logits flax.npy
-  python -m train.verify seed004.pth --model resnet18_cifar             # 32x32, seed-004 names
+  jaxloss-verify resnet18.pth --model resnet18                  # 2 random 224x224 images
+  jaxloss-verify ckpt.pth --model resnet34 --images batch.npy --save-logits flax.npy
+  jaxloss-verify seed004.pth --model resnet18_cifar             # 32x32, seed-004 names
 
 `--images` takes a float32 `.npy` of shape `(N, C, H, W)` (NCHW, as torch takes them; the Flax side
 gets it transposed to NHWC). Exit status: 0, or 1 with one `error: ...` line (unreadable file,
@@ -19,19 +19,22 @@ mismatched keys or shapes, bad images, or a difference above `--atol` when given
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 
 import numpy as np
 
+from train.names import PORT_LAYOUTS
+
 __all__ = ["build_parser", "main", "verify"]
 
-_MODELS = ("resnet18", "resnet34", "resnet18_cifar", "resnet34_cifar")
+_MODELS = tuple(PORT_LAYOUTS)
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"error: {message} (see python -m train.verify --help)\n")
+        self.exit(2, f"error: {message} (see jaxloss-verify --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
       ('resnet34', None, None)
     """
     p = _Parser(
-        prog="python -m train.verify",
+        prog="jaxloss-verify",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -104,15 +107,23 @@ def verify(args: argparse.Namespace, log=print) -> float:
     """Runs the comparison; returns the max absolute logit difference.
 
     Raises:
-      ValueError (train.port.PortError for the checkpoint): one-line reasons.
+      ValueError (train.pytorch.port.PortError for the checkpoint): one-line reasons.
     """
     import jax
     import torch
     from flax import nnx
 
-    from train import models, port, torch_resnet
+    from train import models
+    from train.pytorch import models as torch_models
+    from train.pytorch import port
 
     state_dict = port.load_state_dict(args.checkpoint)
+    bad = [k for k, v in state_dict.items() if not np.all(np.isfinite(np.asarray(v, float)))]
+    if bad:  # NaN logits on both sides would compare as "no difference" in a careless check
+        raise ValueError(
+            f"the checkpoint holds non-finite values (NaN or inf) in {len(bad)} tensor(s), e.g. "
+            f"{bad[0]}: nothing to verify"
+        )
     layout = port.LAYOUTS[args.model]
     info = port.checkpoint_info(state_dict, layout=layout)
     if args.num_classes is not None and args.num_classes != info["num_classes"]:
@@ -133,7 +144,7 @@ def verify(args: argparse.Namespace, log=print) -> float:
     graphdef, params, stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
     params, stats = port.from_torch(state_dict, params, stats, layout=layout)
 
-    torch_model = torch_resnet.build(
+    torch_model = torch_models.build(
         args.model,
         num_classes=info["num_classes"],
         width=info["width"],
@@ -157,6 +168,9 @@ def verify(args: argparse.Namespace, log=print) -> float:
         )
     if args.save_logits is not None:
         np.save(args.save_logits, logits)
+    for side, values in (("torch", expected), ("Flax", logits)):
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"the {side} logits are not all finite: the port cannot be verified")
     diff = float(np.abs(logits - expected).max())
     log(
         f"{args.model} ({layout} layout), {info['num_classes']} classes, width {info['width']}, "
@@ -176,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {msg}", file=sys.stderr)
         return 1
     print(f"max |logit diff| = {diff:.3g}")
+    if not math.isfinite(diff):  # never a pass: NaN compares False with any tolerance
+        print("error: the difference is not finite", file=sys.stderr)
+        return 1
     if args.atol is not None and diff > args.atol:
         print(f"error: the difference exceeds --atol {args.atol}", file=sys.stderr)
         return 1

@@ -69,6 +69,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from train.names import PORT_LAYOUTS
+
 __all__ = [
     "HEAD",
     "LAYOUTS",
@@ -81,13 +83,8 @@ __all__ = [
     "torch_key",
 ]
 
-LAYOUTS: dict[str, str] = {
-    "resnet18": "torchvision",
-    "resnet34": "torchvision",
-    "resnet18_cifar": "cifar",
-    "resnet34_cifar": "cifar",
-}
-"""`train.models` name -> state_dict layout."""
+LAYOUTS: dict[str, str] = PORT_LAYOUTS
+"""`train.models` name -> state_dict layout (`train.names.PORT_LAYOUTS`)."""
 
 HEAD = "fc"
 """Name of the classifier head in both layouts (`fc.weight`, `fc.bias`)."""
@@ -237,7 +234,7 @@ def from_torch(
       >>> from_torch(sd, p, s, layout="torchvision")
       Traceback (most recent call last):
       ...
-      train.port.PortError: the state_dict does not fit the model (torchvision layout): missing keys: layer4.1.bn2.bias; shape mismatches: fc.weight (file (5, 16), model (2, 16))
+      train.pytorch.port.PortError: the state_dict does not fit the model (torchvision layout): missing keys: layer4.1.bn2.bias; shape mismatches: fc.weight (file (5, 16), model (2, 16))
     """
     _check_layout(layout)
     keep = set(keep)
@@ -407,7 +404,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
       >>> load_state_dict("/nonexistent.pth")
       Traceback (most recent call last):
       ...
-      train.port.PortError: cannot read /nonexistent.pth: no such file
+      train.pytorch.port.PortError: cannot read /nonexistent.pth: no such file
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -448,7 +445,15 @@ def save_state_dict(state_dict: Mapping[str, Any], path: str | os.PathLike[str])
     """Writes a state_dict (numpy arrays, e.g. from `to_torch`) as torch tensors with `torch.save`.
 
     The file loads with `torch.load(path, weights_only=True)` and `model.load_state_dict(...)`.
+    It is written to a temporary file beside `path` and renamed, so a kill or a full disk never
+    leaves a truncated file under the name.
     """
     torch = _import_torch(f"writing {os.fspath(path)}")
     tensors = {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}
-    torch.save(tensors, os.fspath(path))
+    tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+    try:
+        torch.save(tensors, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,6 +1,6 @@
-"""PyTorch reference ResNets with the parameter names of the checkpoints `train.port` reads.
+"""PyTorch reference ResNets with the parameter names of the checkpoints `train.pytorch.port` reads.
 
-This module imports torch at the top: only `train.verify` and the parity tests import it, and
+This module imports torch at the top: only `train.pytorch.verify` and the parity tests import it, and
 only when they run (torch is a test/verification dependency, not one of the trainer's). Two layouts:
 
 - `ResNet` / `BasicBlock`: torchvision's `resnet.py` (BasicBlock only: ResNet-18/34) written out,
@@ -32,9 +32,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from train.names import RESNET_DEPTHS
+
 __all__ = ["BasicBlock", "CifarResNet", "DEPTHS", "ResNet", "ResidualBlock", "build"]
 
-DEPTHS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+DEPTHS = RESNET_DEPTHS  # train.names: the one definition
 
 
 class BasicBlock(nn.Module):
