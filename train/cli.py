@@ -1,4 +1,4 @@
-"""jaxloss-train: trains a Flax ResNet with jaxloss losses and PyTorch-exact schedules and optimisers.
+"""jaxloss-train: a Flax ResNet trained with jaxloss losses and torch-exact schedules/optimisers.
 
 Flags -> `Config` -> `train.loop.train_and_evaluate(config, workdir)`. With no arguments it trains
 a width-24 CIFAR ResNet-18 on the embedded digits (about a minute on a 2-core CPU, >= 95%
@@ -52,7 +52,9 @@ def _imbalance(text: str) -> tuple[int, float]:
         cls, frac = text.split(":")
         return int(cls), float(frac)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected CLASS:FRACTION such as 6:0.01, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected CLASS:FRACTION such as 6:0.01, got {text!r}"
+        ) from None
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -61,7 +63,7 @@ def _floats(text: str) -> tuple[float, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a number or a comma-separated list, got {text!r}"
-        )
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,12 +318,16 @@ def _resume_config(argv: Sequence[str] | None, args: argparse.Namespace) -> Conf
     if not os.path.isdir(args.workdir):
         raise ValueError(f"--resume: no such workdir {args.workdir}")
     old = run_dir.read_config(args.workdir)
-    return dataclasses.replace(old, **explicit_flags(argv), resume=True)
+    changes = {**explicit_flags(argv), "resume": True}  # --resume itself is among the flags
+    return dataclasses.replace(old, **changes)
 
 
 def _error_line(e: BaseException) -> str:
-    """One line for any failure: the deepest OSError of the chain if there is one (the real
-    cause of a failed save, e.g. a full disk), else the exception's first line."""
+    """One line for any failure.
+
+    The deepest OSError of the exception chain if there is one (the real cause of a failed save,
+    e.g. a full disk), else the exception's first line.
+    """
     cause: BaseException | None = e
     while cause is not None:
         if isinstance(cause, OSError):

@@ -102,7 +102,12 @@ def create_loss(
         `smoothing_spread`), "f1" (soft macro-F1, `f1_epsilon`), "sigmoid_focal" (torchvision's,
         one-hot targets from the labels, `focal_alpha` scalar default 0.25).
       num_classes: number of classes `C`.
-      focal_gamma, focal_alpha, label_smoothing, smoothing_spread, f1_epsilon: hyper-parameters.
+      focal_gamma: focal / sigmoid_focal gamma, >= 0.
+      focal_alpha: focal alpha: None, a scalar or one value per class (sigmoid_focal: a scalar).
+      label_smoothing: "ce": torch's label_smoothing (default 0); "label_smoothing": the smoothing
+        (default 0.2), in [0, 1).
+      smoothing_spread: "label_smoothing": "others" (the seeds) or "uniform" (torch).
+      f1_epsilon: the F1 loss epsilon, in (0, 0.5).
 
     Returns:
       A function of float `(batch, C)` logits, int `(batch,)` labels and an optional bool `(batch,)`

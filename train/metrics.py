@@ -146,8 +146,9 @@ def accuracy(cm: jax.typing.ArrayLike) -> jax.Array:
 
 
 def per_class_recall(cm: jax.typing.ArrayLike) -> jax.Array:
-    """Recall of each class, `tp / support`; 0 for a class with no support (sklearn's
-    `recall_score(average=None, zero_division=0)`).
+    """Recall of each class, `tp / support`; 0 for a class with no support.
+
+    Equals sklearn's `recall_score(average=None, zero_division=0)`.
 
     Returns:
       float32 `(C,)`.
@@ -162,9 +163,9 @@ def per_class_recall(cm: jax.typing.ArrayLike) -> jax.Array:
 
 
 def macro_f1(cm: jax.typing.ArrayLike) -> jax.Array:
-    """Macro-averaged F1 equal to sklearn's `f1_score(y_true, y_pred, average="macro")`.
+    r"""Macro-averaged F1 equal to sklearn's `f1_score(y_true, y_pred, average="macro")`.
 
-    .. math:: \\frac{1}{|K|} \\sum_{k \\in K} \\frac{2 tp_k}{2 tp_k + fp_k + fn_k}
+    .. math:: \frac{1}{|K|} \sum_{k \in K} \frac{2 tp_k}{2 tp_k + fp_k + fn_k}
 
     where `K` are the classes that occur in the labels or the predictions.
 

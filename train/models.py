@@ -3,8 +3,9 @@
 Every model takes NHWC float32 images of shape `(batch, height, width, channels)` and returns
 float32 logits of shape `(batch, num_classes)`. Parameters are float32; `dtype` selects the compute
 dtype (`jnp.bfloat16` on GPU). Mode is explicit: `model(x, train=True, dropout_key=key)` uses batch
-statistics (and updates the running ones) and drops out; `train=False` (the default) uses the running
-statistics and no dropout. Nothing mode-related is stored on the module, so one graphdef serves both.
+statistics (and updates the running ones) and drops out; `train=False` (the default) uses the
+running statistics and no dropout. Nothing mode-related is stored on the module, so one graphdef
+serves both.
 
 BatchNorm follows torch (`momentum=0.1` is Flax `momentum=0.9`, `eps=1e-5`); convolutions pad
 explicitly like torch (`'SAME'` pads stride-2 convolutions asymmetrically). Convolution kernels use
@@ -90,7 +91,7 @@ class BasicBlock(nnx.Module):
         self.conv2 = _conv(cout, cout, 3, 1, 1, dtype=dtype, rngs=rngs)
         self.bn2 = _bn(cout, dtype=dtype, rngs=rngs)
         if stride != 1 or cin != cout:
-            # torchvision's `downsample` is Sequential(conv1x1, bn): keys `downsample.0`, `downsample.1`.
+            # torchvision's `downsample` is Sequential(conv1x1, bn): keys `downsample.0`, `.1`.
             self.downsample = nnx.List(
                 [
                     _conv(cin, cout, 1, stride, 0, dtype=dtype, rngs=rngs),
@@ -101,6 +102,7 @@ class BasicBlock(nnx.Module):
             self.downsample = None
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """Logits (or block outputs) of NHWC `x`; `train` selects batch statistics and dropout."""
         ura = not train
         y = nnx.relu(self.bn1(self.conv1(x), use_running_average=ura))
         y = self.bn2(self.conv2(y), use_running_average=ura)
@@ -132,7 +134,7 @@ def _head(x: jax.Array, fc: nnx.Linear, dtype: Any) -> jax.Array:
 
 
 class _ResNet(nnx.Module):
-    """The ResNet both layouts share: stem conv + BN + ReLU, [max-pool], 4 stages, average pool, `fc`.
+    """The ResNet both layouts share: stem conv + BN + ReLU, [max-pool], 4 stages, pool, `fc`.
 
     Subclasses set the stem (`_STEM = (kernel, stride, padding)`) and whether a 3x3 stride-2
     max-pool follows it; attribute names are torchvision's, so `train.pytorch.port` maps both.
@@ -161,6 +163,7 @@ class _ResNet(nnx.Module):
     def __call__(
         self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
     ) -> jax.Array:
+        """Logits (or block outputs) of NHWC `x`; `train` selects batch statistics and dropout."""
         del dropout_key  # no dropout
         x = nnx.relu(self.bn1(self.conv1(x.astype(self.dtype)), use_running_average=not train))
         if self._MAX_POOL:
@@ -255,6 +258,7 @@ class SmallCNN(nnx.Module):
     def __call__(
         self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
     ) -> jax.Array:
+        """Logits (or block outputs) of NHWC `x`; `train` selects batch statistics and dropout."""
         ura = not train
         x = nnx.relu(self.bn1(self.conv1(x.astype(self.dtype)), use_running_average=ura))
         x = nnx.max_pool(x, (2, 2), (2, 2))
@@ -303,6 +307,7 @@ class LeNet(nnx.Module):
     def __call__(
         self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
     ) -> jax.Array:
+        """Logits (or block outputs) of NHWC `x`; `train` selects batch statistics and dropout."""
         del train, dropout_key
         x = nnx.max_pool(nnx.relu(self.conv1(x.astype(self.dtype))), (2, 2), (2, 2))
         x = nnx.max_pool(nnx.relu(self.conv2(x)), (2, 2), (2, 2))

@@ -37,7 +37,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str])
     epochs = [r["epoch"] for r in history]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
     panels = [("loss", "loss"), ("accuracy", "accuracy"), ("f1", "macro-F1")]
-    for ax, (key, title) in zip(axes.flat, panels):
+    for ax, (key, title) in zip(axes.flat, panels, strict=False):
         for split in ("train", "val"):
             values = [r.get(f"{split}_{key}") for r in history]
             if any(v is not None for v in values):

@@ -82,10 +82,11 @@ def constant_lr(base_lr: float) -> Schedule:
 
 
 def step_lr(base_lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
-    """``torch.optim.lr_scheduler.StepLR``: multiply the LR by ``gamma`` every ``step_size`` epochs.
+    r"""``torch.optim.lr_scheduler.StepLR``: the LR times ``gamma`` every ``step_size`` epochs.
 
     .. math::
-        \\mathrm{lr}_e = \\mathrm{base\\_lr} \\cdot \\gamma^{\\lfloor e / \\mathrm{step\\_size} \\rfloor}
+        \mathrm{lr}_e = \mathrm{base\_lr} \cdot
+        \gamma^{\lfloor e / \mathrm{step\_size} \rfloor}
 
     computed as PyTorch computes it in ``scheduler.step()``: the previous LR
     multiplied by ``gamma`` once per decay, in float64 (so the value is bit-equal
@@ -127,13 +128,13 @@ def step_lr(base_lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
 
 
 def cosine_annealing_lr(base_lr: float, t_max: int, eta_min: float = 0.0) -> Schedule:
-    """``torch.optim.lr_scheduler.CosineAnnealingLR`` with PyTorch's recursive update.
+    r"""``torch.optim.lr_scheduler.CosineAnnealingLR`` with PyTorch's recursive update.
 
     The closed form is
 
     .. math::
-        \\mathrm{lr}_e = \\eta_{min} + \\tfrac12 (\\mathrm{base\\_lr} - \\eta_{min})
-        \\left(1 + \\cos\\frac{\\pi e}{T_{max}}\\right),
+        \mathrm{lr}_e = \eta_{min} + \tfrac12 (\mathrm{base\_lr} - \eta_{min})
+        \left(1 + \cos\frac{\pi e}{T_{max}}\right),
 
     so the LR falls to ``eta_min`` at ``e = t_max`` and then **rises again**
     (period ``2 * t_max``), as PyTorch's does; optax's ``cosine_decay_schedule``
@@ -141,8 +142,8 @@ def cosine_annealing_lr(base_lr: float, t_max: int, eta_min: float = 0.0) -> Sch
     recursion
 
     .. math::
-        \\mathrm{lr}_e = \\eta_{min} + (\\mathrm{lr}_{e-1} - \\eta_{min})
-        \\frac{1 + \\cos(\\pi e / T_{max})}{1 + \\cos(\\pi (e-1) / T_{max})},
+        \mathrm{lr}_e = \eta_{min} + (\mathrm{lr}_{e-1} - \eta_{min})
+        \frac{1 + \cos(\pi e / T_{max})}{1 + \cos(\pi (e-1) / T_{max})},
 
     with an additive branch where the denominator vanishes
     (``(e - 1 - t_max) % (2 t_max) == 0``). This function replays that recursion

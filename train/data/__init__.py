@@ -98,8 +98,10 @@ def build_input(
         >>> data.train_size, data.val_size, data.steps_per_epoch, data.image_shape
         (1438, 359, 44, (8, 8, 1))
         >>> batch = next(data.train_batches(epoch=0))
-        >>> batch["image"].shape, batch["image"].dtype, batch["label"].dtype, bool(batch["mask"].all())
-        ((32, 8, 8, 1), dtype('float32'), dtype('int32'), True)
+        >>> batch["image"].shape, batch["image"].dtype, batch["label"].dtype
+        ((32, 8, 8, 1), dtype('float32'), dtype('int32'))
+        >>> bool(batch["mask"].all())
+        True
     """
     if not isinstance(dataset, str) or not dataset:
         raise ValueError(f"dataset must be a non-empty string, got {dataset=}")
@@ -145,7 +147,8 @@ def build_input(
 
         if data_dir is None:
             raise ValueError(
-                "dataset 'imagefolder' needs data_dir (the root holding train/<class>/...), got data_dir=None"
+                "dataset 'imagefolder' needs data_dir (the root holding train/<class>/...), "
+                "got data_dir=None"
             )
         folder = scan_imagefolder(data_dir)
         return pipeline.from_folder(
@@ -157,7 +160,8 @@ def build_input(
 
         if data_dir is not None:
             raise ValueError(
-                f"dataset 'digits' is embedded and takes no data_dir (use cache_dir), got {data_dir=}"
+                "dataset 'digits' is embedded and takes no data_dir (use cache_dir), "
+                f"got {data_dir=}"
             )
         # Sorted by sklearn row, so indices (and the seeded split) refer to load_digits() rows.
         arrays = load_splits(

@@ -96,7 +96,8 @@ def normalize(
         float32 array of the same shape: ``(images / max_value - mean) / std``.
 
     Examples:
-        >>> normalize(np.array([[0, 255]], np.uint8)[..., None], max_value=255, mean=[0.5], std=[0.5])[..., 0]
+        >>> x = np.array([[0, 255]], np.uint8)[..., None]
+        >>> normalize(x, max_value=255, mean=[0.5], std=[0.5])[..., 0]
         array([[-1.,  1.]], dtype=float32)
     """
     scale = np.float32(1.0 / max_value)

@@ -83,7 +83,8 @@ def load_splits(
     Examples:
         >>> import tempfile
         >>> from train.data.digits import prepare_digits
-        >>> ds = load_splits(prepare_digits(tempfile.mkdtemp()), name="digits", max_value=16, sort_key="index")
+        >>> builder = prepare_digits(tempfile.mkdtemp())
+        >>> ds = load_splits(builder, name="digits", max_value=16, sort_key="index")
         >>> ds.splits["train"][0].shape, ds.splits["train"][1][:5].tolist(), ds.class_names[:3]
         ((1797, 8, 8, 1), [0, 1, 2, 3, 4], ('0', '1', '2'))
     """
@@ -115,7 +116,8 @@ def _read_splits(
     label_feature = features[label_key]
     if not isinstance(label_feature, tfds.features.ClassLabel):
         raise DataError(
-            f"dataset {name!r}: feature {label_key!r} is not a class label ({type(label_feature).__name__})"
+            f"dataset {name!r}: feature {label_key!r} is not a class label "
+            f"({type(label_feature).__name__})"
         )
     image_shape = tuple(features[image_key].shape)
     if len(image_shape) != 3 or None in image_shape:
@@ -199,7 +201,8 @@ def load_catalog(name: str, *, data_dir: str | os.PathLike[str] | None = None) -
     if not builder.is_prepared():
         if importlib.util.find_spec("tensorflow") is None:
             raise DataError(
-                f"TFDS dataset {name!r} is not prepared in {builder.data_dir_root}, and preparing it needs "
+                f"TFDS dataset {name!r} is not prepared in {builder.data_dir_root}, "
+                "and preparing it needs "
                 f"TensorFlow and the network: run `tfds build {short} --file_format=array_record "
                 f"--data_dir=DIR` where both are available, then pass --data-dir DIR"
             )
@@ -214,7 +217,8 @@ def load_catalog(name: str, *, data_dir: str | os.PathLike[str] | None = None) -
     formats = {f.value for f in builder.info.available_file_formats()}
     if "array_record" not in formats:
         raise DataError(
-            f"TFDS dataset {name!r} in {builder.data_dir} is prepared as {sorted(formats)}, which needs "
+            f"TFDS dataset {name!r} in {builder.data_dir} is prepared as {sorted(formats)}, "
+            "which needs "
             f"TensorFlow to read: prepare it with `tfds build {short} --file_format=array_record`"
         )
     try:

@@ -87,7 +87,7 @@ class JaxlossDigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
         digits = load_digits()
         images = digits.images.astype(np.uint8)[..., None]  # exact: values are 0..16
-        for i, (image, label) in enumerate(zip(images, digits.target)):
+        for i, (image, label) in enumerate(zip(images, digits.target, strict=True)):
             yield i, {"image": image, "label": int(label), "index": i}
 
 
@@ -112,7 +112,8 @@ def prepare_digits(cache_dir: str | os.PathLike[str] | None = None) -> JaxlossDi
     A prepared copy (``dataset_info.json`` present) is reused as is; TFDS writes
     into a temporary directory and renames it, so an interrupted preparation
     never leaves a half-written dataset behind, and when two processes prepare at
-    once the loser uses the winner's copy. TFDS's own messages are silenced; one line says that the dataset is being prepared.
+    once the loser uses the winner's copy. TFDS's own messages are silenced; one
+    line says that the dataset is being prepared.
 
     Args:
         cache_dir: TFDS data directory; ``None`` means :func:`default_cache_dir`.
@@ -154,9 +155,11 @@ def prepare_digits(cache_dir: str | os.PathLike[str] | None = None) -> JaxlossDi
 
 @contextlib.contextmanager
 def _quiet_tfds():
-    """TFDS's messages for a dataset it prepares here ("Downloading and preparing ... Unknown
-    size", absl's "Variant folder ... has no dataset_info.json", progress bars) say nothing true
-    about an embedded dataset: silence them for the duration."""
+    """Silences TFDS while it prepares the embedded dataset.
+
+    Its messages ("Downloading and preparing ... Unknown size", absl's "Variant folder ... has no
+    dataset_info.json", progress bars) say nothing true about an embedded dataset.
+    """
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)

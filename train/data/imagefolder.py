@@ -91,7 +91,8 @@ def _scan_split(split_dir: str, class_names: tuple[str, ...], *, verify: bool) -
                     count += 1
         if count == 0:
             raise DataError(
-                f"class folder {class_dir} has no images ({'/'.join(e[1:] for e in IMG_EXTENSIONS)})"
+                f"class folder {class_dir} has no images "
+                f"({'/'.join(e[1:] for e in IMG_EXTENSIONS)})"
             )
     return FolderSplit(paths=tuple(paths), labels=np.asarray(labels, np.int32))
 
@@ -127,7 +128,8 @@ def scan_imagefolder(root: str | os.PathLike[str], *, verify: bool = True) -> Im
     train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir):
         raise DataError(
-            f"imagefolder root {root} has no train/ directory (expected {root}/train/<class>/*.png|jpg)"
+            f"imagefolder root {root} has no train/ directory "
+            f"(expected {root}/train/<class>/*.png|jpg)"
         )
     class_names = _find_classes(train_dir)
     if not class_names:

@@ -1,6 +1,7 @@
 """Splits, class imbalance, batching and prefetch: from a loaded dataset to :class:`Input`.
 
-One pipeline for every dataset kind. A *pool* (:mod:`train.data.pools`) holds the examples of one stored
+One pipeline for every dataset kind. A *pool* (:mod:`train.data.pools`) holds the examples of
+one stored
 split (in memory for array datasets, as file paths for ImageFolder) and turns a
 vector of indices into a normalised batch; a split of :class:`Input` is a pool
 plus the indices it uses. Batches are built on the host with grain::
@@ -191,7 +192,8 @@ class Input:
             An iterator over ``steps_per_epoch`` batches.
 
         Examples:
-            >>> data = from_arrays(_tiny_dataset(), image_size=None, options=BatchOptions(batch_size=4))
+            >>> options = BatchOptions(batch_size=4)
+            >>> data = from_arrays(_tiny_dataset(), image_size=None, options=options)
             >>> first = [b["label"].tolist() for b in data.train_batches(0)]
             >>> first == [b["label"].tolist() for b in data.train_batches(0)]
             True
@@ -332,7 +334,8 @@ def _assemble(
         cls, fraction = options.imbalance
         if not 0 <= cls < num_classes:
             raise ValueError(
-                f"imbalance class must be in [0, {num_classes}), got imbalance={options.imbalance!r}"
+                f"imbalance class must be in [0, {num_classes}), "
+                f"got imbalance={options.imbalance!r}"
             )
         train_idx = apply_imbalance(
             train_idx, train_pool.labels, cls=cls, fraction=fraction, seed=options.seed
@@ -343,7 +346,8 @@ def _assemble(
     steps = len(train_idx) // options.batch_size
     if steps == 0:
         raise DataError(
-            f"batch_size={options.batch_size} is larger than the {len(train_idx)} training examples: "
+            f"batch_size={options.batch_size} is larger than the {len(train_idx)} "
+            "training examples: "
             "no full batch per epoch"
         )
     return Input(
@@ -418,7 +422,8 @@ def from_folder(folder: ImageFolder, *, image_size: int, options: BatchOptions) 
         ...     os.makedirs(os.path.join(root, "train", cls))
         ...     for i in range(3):
         ...         Image.new("RGB", (12, 9)).save(os.path.join(root, "train", cls, f"{i}.png"))
-        >>> data = from_folder(scan_imagefolder(root), image_size=8, options=BatchOptions(batch_size=2))
+        >>> options = BatchOptions(batch_size=2)
+        >>> data = from_folder(scan_imagefolder(root), image_size=8, options=options)
         >>> data.class_names, data.train_size, next(data.train_batches(0))["image"].shape
         (('a', 'b'), 5, (2, 8, 8, 3))
     """

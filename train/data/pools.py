@@ -36,7 +36,9 @@ class Pool(Protocol):
 
     def load(
         self, indices: np.ndarray, rng: np.random.Generator | None
-    ) -> tuple[np.ndarray, np.ndarray]: ...
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Images and labels of ``indices``; ``rng`` (training) augments, ``None`` does not."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -101,13 +103,14 @@ class FolderPool:
     def load(
         self, indices: np.ndarray, rng: np.random.Generator | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Returns float32 ``(B, size, size, 3)`` images and int32 ``(B,)`` labels; ``rng`` augments.
+        """Float32 ``(B, size, size, 3)`` images and int32 ``(B,)`` labels; ``rng`` augments.
 
         Examples:
             >>> import tempfile
             >>> path = os.path.join(tempfile.mkdtemp(), "a.png")
             >>> Image.new("RGB", (9, 7), (255, 255, 255)).save(path)
-            >>> x, y = FolderPool((path,), np.array([3], np.int32), size=4).load(np.array([0, 0]), None)
+            >>> pool = FolderPool((path,), np.array([3], np.int32), size=4)
+            >>> x, y = pool.load(np.array([0, 0]), None)
             >>> x.shape, round(float(x[0, 0, 0, 0]), 4), y.tolist()
             ((2, 4, 4, 3), 2.2489, [3, 3])
         """

@@ -1,6 +1,7 @@
 """PyTorch reference ResNets with the parameter names of the checkpoints `train.pytorch.port` reads.
 
-This module imports torch at the top: only `train.pytorch.verify` and the parity tests import it, and
+This module imports torch at the top: only `train.pytorch.verify` and the parity tests import it,
+and
 only when they run (torch is a test/verification dependency, not one of the trainer's). Two layouts:
 
 - `ResNet` / `BasicBlock`: torchvision's `resnet.py` (BasicBlock only: ResNet-18/34) written out,
@@ -11,7 +12,8 @@ only when they run (torch is a test/verification dependency, not one of the trai
 - `CifarResNet` / `ResidualBlock`: seed 004 (004_1e0f039da5020c04.txt) as written: a `base`
   Sequential (3x3 conv, BN, ReLU), `layer1..4` of `ResidualBlock` whose `conv_block` Sequential
   holds conv, BN, ReLU, conv, BN (indices 0, 1, 3, 4 carry weights), `downsample` (0, 1) when the
-  stride or width changes, `gap = AvgPool2d(4)` and `fc`. `AvgPool2d(4)` is a global average pool only for
+  stride or width changes, `gap = AvgPool2d(4)` and `fc`. `AvgPool2d(4)` is a global average pool
+  only for
   32x32 inputs (4x4 after three stride-2 stages), the size the seed trains on; the Flax
   `CifarResNet` pools globally at every size. `width` generalises the seed's hard-coded 64.
 
@@ -57,6 +59,7 @@ class BasicBlock(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The torch forward pass of NCHW `x`."""
         identity = x
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
@@ -66,7 +69,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """torchvision's `ResNet` with `BasicBlock` (depths `resnet18` (2, 2, 2, 2), 34 (3, 4, 6, 3))."""
+    """torchvision's `ResNet` with `BasicBlock` (ResNet-18 depths (2, 2, 2, 2), 34 (3, 4, 6, 3))."""
 
     def __init__(
         self,
@@ -101,6 +104,7 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The torch forward pass of NCHW `x`."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
@@ -130,6 +134,7 @@ class ResidualBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The torch forward pass of NCHW `x`."""
         out = self.conv_block(x)
         if self.stride != 1 or self.in_channels != self.out_channels:
             x = self.downsample(x)
@@ -170,6 +175,7 @@ class CifarResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The torch forward pass of NCHW `x`."""
         out = self.base(x)
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         out = self.gap(out)

@@ -234,7 +234,7 @@ def from_torch(
       >>> from_torch(sd, p, s, layout="torchvision")
       Traceback (most recent call last):
       ...
-      train.pytorch.port.PortError: the state_dict does not fit the model (torchvision layout): missing keys: layer4.1.bn2.bias; shape mismatches: fc.weight (file (5, 16), model (2, 16))
+      train.pytorch.port.PortError: the state_dict does not fit the model (torchvision layout): ...
     """
     _check_layout(layout)
     keep = set(keep)
@@ -279,7 +279,7 @@ def from_torch(
             f"the state_dict does not fit the model ({layout} layout): " + "; ".join(parts)
         )
     out = []
-    for state, values in zip((params, batch_stats), loaded):
+    for state, values in zip((params, batch_stats), loaded, strict=True):
         new = jax.tree.map(lambda x: x, state)  # a copy of the structure
         for path, var in _flat(new):
             if path in values:
@@ -317,7 +317,8 @@ def to_torch(
       >>> p, s = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), (p, s))
       >>> sd = to_torch(p, s, layout="torchvision", num_batches_tracked=7)
       >>> list(sd)[:6]
-      ['conv1.weight', 'bn1.weight', 'bn1.bias', 'bn1.running_mean', 'bn1.running_var', 'bn1.num_batches_tracked']
+      ['conv1.weight', 'bn1.weight', 'bn1.bias', 'bn1.running_mean', 'bn1.running_var',
+       'bn1.num_batches_tracked']
       >>> sd["conv1.weight"].shape, sd["bn1.num_batches_tracked"], len(sd)
       ((2, 3, 7, 7), array(7), 218)
     """

@@ -1,7 +1,8 @@
 """`jaxloss-verify CHECKPOINT.pth --model resnet18`: torch and Flax logits from one file.
 
 Builds the PyTorch ResNet (torchvision's parameter names, `train.pytorch.models`) and the Flax
-`train.models` ResNet from the same state_dict (`train.pytorch.port`), runs both in eval mode on the same
+`train.models` ResNet from the same state_dict (`train.pytorch.port`), runs both in eval mode on
+the same
 batch and prints `max |logit diff| = X` as its last line: the user's own proof that the port is
 exact. The class count, width and input channels come from the checkpoint (`fc.weight` rows,
 `conv1.weight`). Needs torch (imported only when the command runs).
