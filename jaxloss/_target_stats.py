@@ -45,6 +45,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxloss._stable import softplus
+
 
 def _flatten(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
     return logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
@@ -70,20 +72,73 @@ def _fast_path_limits(dtype, num_classes: int) -> tuple[float, float, float]:
     return clamp, 2.0 * (num_classes - 1) * float(info.tiny) / float(info.eps), math.exp(clamp)
 
 
-def _exact_lse_others(x: jax.Array, labels: jax.Array) -> jax.Array:
-    """Two passes (max of the others, then ``exp`` and sum): exact for every finite row."""
+def _exact_sum_others(x: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Two passes: ``m_o = max`` of the others, then ``sum_{j != t} exp(z_j - m_o)`` (in [1, C))."""
     is_target = jnp.arange(x.shape[-1]) == labels[:, None]
     others = jnp.where(is_target, -jnp.inf, x)
     # With C >= 2 every row has at least one finite "other" logit, so m_o is finite and the sum >= 1.
     m_o = lax.stop_gradient(jnp.max(others, axis=-1))
-    return m_o + jnp.log(jnp.sum(jnp.exp(others - m_o[:, None]), axis=-1))
+    return m_o, jnp.sum(jnp.exp(others - m_o[:, None]), axis=-1)
 
 
-def _exact_grad(x, labels, lse_o, g_t, g_o):
+def _softmax_others(x: jax.Array, labels: jax.Array) -> jax.Array:
+    """Softmax over the classes other than the target (0 at the target), by the two-pass method.
+
+    Used for derivatives of the gradient only (Hessians, higher orders): every intermediate is in
+    [0, C], so autodiff of it to any order never forms ``0 * inf``.
+    """
     is_target = jnp.arange(x.shape[-1]) == labels[:, None]
-    # Mask before exp: exp(z_t - lse_o) may overflow, and second-order gradients would see 0 * inf.
-    softmax_others = jnp.exp(jnp.where(is_target, -jnp.inf, x) - lse_o[:, None])
-    return jnp.where(is_target, g_t[:, None], g_o[:, None] * softmax_others)
+    others = jnp.where(is_target, -jnp.inf, x)
+    m_o = lax.stop_gradient(jnp.max(others, axis=-1, keepdims=True))
+    e = jnp.exp(others - m_o)
+    return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
+@jax.custom_jvp
+def _others_grad(x, g_o, labels, e, m, s, fast):
+    """``g_o * softmax_others(x)``: ``e * (g_o / s)`` on the fast path, ``exp(z - m_o) * (g_o / s)``
+    on the exact one (``m_o`` is the exact max of the others, so no rounding of ``lse_o`` enters and
+    the gradient is exact to a few ulps at any scale).
+
+    The value is a function of ``x`` and ``g_o`` only; ``e``, ``m``, ``s`` and ``fast`` are the
+    forward's residuals. Its derivatives (second and higher order of the loss) come from
+    :func:`_softmax_others` instead: autodiff of ``e / s`` with ``s`` as small as ``exp(-87)`` (the
+    fast path at margins above about 44 in float32) forms ``1 / s**2`` and turns into NaN.
+    """
+    g_over_s = (g_o / s)[:, None]
+
+    def exact():
+        is_target = jnp.arange(x.shape[-1]) == labels[:, None]
+        return jnp.exp(jnp.where(is_target, -jnp.inf, x) - m[:, None]) * g_over_s
+
+    return lax.cond(fast, lambda: e * g_over_s, exact)
+
+
+@_others_grad.defjvp
+def _others_grad_jvp(primals, tangents):
+    x, g_o, labels = primals[:3]
+    dx, dg_o = tangents[:2]  # the residuals' tangents are implied by dx: ignored
+    _, d_out = jax.jvp(lambda z, g: g[:, None] * _softmax_others(z, labels), (x, g_o), (dx, dg_o))
+    return _others_grad(*primals), d_out
+
+
+@jax.custom_jvp
+def _lse_from(x, labels, m, s):
+    """``lse_o = m + log(s)`` from the forward's row statistics, a function of ``x`` only.
+
+    Higher-order derivatives of the loss differentiate the forward too (the cotangent of ``lse_o``
+    depends on ``lse_o``); autodiff of ``log(s)`` forms ``1 / s**2`` and ``1 / s**3``, which overflow
+    where ``s`` is small (fast path, margins above about 29 in float32). The derivative is taken
+    from :func:`_softmax_others` instead: ``d lse_o = sum_j softmax_others_j dz_j``.
+    """
+    return m + jnp.log(s)
+
+
+@_lse_from.defjvp
+def _lse_from_jvp(primals, tangents):
+    x, labels = primals[:2]
+    d_lse = jnp.sum(_softmax_others(x, labels) * tangents[0], axis=-1)
+    return _lse_from(*primals), d_lse
 
 
 def _forward(x, labels, v):
@@ -101,30 +156,23 @@ def _forward(x, labels, v):
     e = _set_targets(e, labels, jnp.zeros_like(z_t))
     s_o = jnp.sum(e, axis=-1)
     fast = jnp.all((s_o >= lo) & (s_o < hi))  # false for NaN too
-    lse_o = lax.cond(fast, lambda: shift + jnp.log(s_o), lambda: _exact_lse_others(x, labels))
+    # Both paths give (m, s) with lse_o = m + log(s) and softmax of the others exp(z_j - m) / s;
+    # m is a constant to autodiff (the softmax is invariant to it).
+    m, s = lax.cond(fast, lambda: (shift, s_o), lambda: _exact_sum_others(x, labels))
+    lse_o = _lse_from(x, labels, m, s)
     dot = None if v is None else x @ v
-    return (z_t, lse_o, dot), (x, labels, v, e, s_o, lse_o, fast)
+    return (z_t, lse_o, dot), (x, labels, v, e, m, s, fast)
 
 
 def _backward(res, g):
-    x, labels, v, e, s_o, lse_o, fast = res
+    x, labels, v, e, m, s, fast = res
     g_t, g_o, g_s = g
     if v is not None:  # d(z @ v)/dz_j = v_j, added in the same pass
         g_t = g_t + g_s * v[labels]
-
-    def fast_grad():
-        grad = e * (g_o / s_o)[:, None]
-        if v is not None:
-            grad = grad + g_s[:, None] * v
-        return _set_targets(grad, labels, g_t)
-
-    def exact_grad():
-        grad = _exact_grad(x, labels, lse_o, g_t, g_o)
-        if v is not None:
-            grad = grad + jnp.where(jnp.arange(x.shape[-1]) == labels[:, None], 0, g_s[:, None] * v)
-        return grad
-
-    grad = lax.cond(fast, fast_grad, exact_grad)
+    grad = _others_grad(x, g_o, labels, e, m, s, fast)
+    if v is not None:
+        grad = grad + g_s[:, None] * v
+    grad = _set_targets(grad, labels, g_t)
     grad_v = None if v is None else g_s @ x
     return grad, grad_v
 
@@ -184,4 +232,4 @@ def target_stats_dot(
 def log_probs(z_t: jax.Array, lse_o: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(log p_t, log(1 - p_t), logsumexp(z))`` from the row statistics, all exact."""
     d = lse_o - z_t
-    return -jax.nn.softplus(d), -jax.nn.softplus(-d), z_t + jax.nn.softplus(d)
+    return -softplus(d), -softplus(-d), z_t + softplus(d)
