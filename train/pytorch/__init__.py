@@ -9,3 +9,7 @@
 The JAX trainer imports this package only when one of those flags is given; torch itself is
 imported only where a file is read or written or a torch model is run.
 """
+
+
+class PortError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model (the message lists why)."""
