@@ -332,7 +332,9 @@ def _error_line(e: BaseException) -> str:
     while cause is not None:
         if isinstance(cause, OSError):
             e = cause
-        cause = cause.__cause__ or cause.__context__
+        # `raise ... from None` means the context is not the cause (e.g. the lock's EAGAIN)
+        suppressed = cause.__suppress_context__
+        cause = cause.__cause__ or (None if suppressed else cause.__context__)
     text = (str(e).strip().splitlines() or [""])[0]
     if isinstance(e, (ValueError, TypeError)) and text:
         return text

@@ -93,12 +93,12 @@ def read_config(workdir: str) -> Config:
     """
     path = os.path.join(workdir, "config.json")
     try:
-        with open(path) as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         raise WorkdirError(f"{path} does not exist: {workdir} holds no run to resume") from None
     try:
-        return Config.from_json(text)
+        return Config.from_json(data.decode())  # garbage bytes: UnicodeDecodeError, a ValueError
     except (ValueError, TypeError) as e:
         raise WorkdirError(f"{path} is not a run configuration: {e}") from None
 
