@@ -264,7 +264,9 @@ def test_training_steps_match_torch(optimizer):
     )
     loss_fn = losses.create_loss("focal", num_classes=CLASSES, focal_gamma=2.0, focal_alpha=0.25)
     step = jax.jit(functools.partial(step_lib.train_step, loss_fn=loss_fn, num_classes=CLASSES))
-    rng = np.random.default_rng(7)
+    # Labels seed 8: with seed 7 the float32 trajectory crossed a ReLU kink at step 3 on AMD EPYC
+    # (one weight jumped 6.8e-5 in both frameworks' disagreement; Intel Xeon did not cross it).
+    rng = np.random.default_rng(8)
     batches = [(_images(8, seed=100 + i), rng.integers(0, CLASSES, size=8)) for i in range(5)]
     expected = _torch_steps(_torch_model(name, seed=5), optimizer, lr, batches, torch.float32)
     init = _state_dict(_torch_model(name, seed=5))
