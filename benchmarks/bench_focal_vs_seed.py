@@ -8,35 +8,38 @@ One process, the same float32 logits (standard normal * 2) and labels, gamma=2, 
 two are timed alternately, round by round, so machine load hits both alike: each round runs
 ``--block`` calls of one back to back and drops the first (the switch from the other framework);
 min and median are reported. glibc's malloc thresholds are raised first (``train/runtime.py``)
-unless ``--malloc default``. ``torch.set_num_threads`` equals the number of cores this process may use (the size of
-XLA:CPU's intra-op pool). It cross-checks ``benchmarks/bench_losses.py``'s focal row at 8192x1000.
+unless ``--malloc default``. ``torch.set_num_threads`` equals the number of cores this process may
+use (the size of XLA:CPU's intra-op pool). It cross-checks ``benchmarks/bench_losses.py``'s focal
+row at 8192x1000; the timing helpers are ``benchmarks/_timing.py``'s.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pathlib
 import sys
-import time
 
 import numpy as np
 
-# torch's OpenMP workers otherwise spin-wait after every call and, on a machine with few cores, steal
-# them from the XLA call that follows (and XLA's pool does the same to torch): measured 2x swings.
-# Passive waiting (set before torch is imported; an explicit user setting wins) makes interleaved
-# timing fair. It is recorded in the output.
+# torch's OpenMP workers otherwise spin-wait after every call and, on a machine with few cores,
+# steal them from the XLA call that follows (and XLA's pool does the same to torch): measured 2x
+# swings. Passive waiting (set before torch is imported; an explicit user setting wins) makes
+# interleaved timing fair. It is recorded in the output.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "parity_tests"))
+# _timing, beside this file (also when the file is loaded by path).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import jax
 import jax.numpy as jnp
 import torch
+from _timing import apply_malloc, cores, time_interleaved
 from torch_reference import FocalLossSeed000
 
 import jaxloss
-from train import runtime
 
 
 def main(argv=None):
@@ -49,9 +52,8 @@ def main(argv=None):
     )
     parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned")
     args = parser.parse_args(argv)
-    if args.malloc == "tuned":
-        runtime.tune_malloc()
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    apply_malloc(args.malloc)
+    threads = cores()
     torch.set_num_threads(threads)
 
     rng = np.random.default_rng(0)
@@ -79,17 +81,14 @@ def main(argv=None):
     np.testing.assert_allclose(float(value), float(ref.detach()), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(grad), xt.grad.numpy(), rtol=1e-4, atol=1e-9)
 
-    times = {"jaxloss.focal_loss": [], "FocalLossSeed000": []}
-    for _ in range(args.rounds):
-        for name, run in (("jaxloss.focal_loss", run_ours), ("FocalLossSeed000", run_seed)):
-            for i in range(args.block):
-                t0 = time.perf_counter()
-                run()
-                if i or args.block == 1:
-                    times[name].append((time.perf_counter() - t0) * 1e3)
+    runners = {"jaxloss.focal_loss": run_ours, "FocalLossSeed000": run_seed}
+    seconds = time_interleaved(runners, args.rounds, args.rounds, math.inf, block=args.block)
+    times = {name: [s * 1e3 for s in samples] for name, samples in seconds.items()}
     print(
-        f"focal loss value+grad, {args.batch}x{args.classes} float32, gamma=2, {args.rounds} rounds, "
-        f"block {args.block}, malloc {args.malloc}, torch threads {threads}, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY')}, XLA_FLAGS {os.environ.get('XLA_FLAGS', '(unset)')}"
+        f"focal loss value+grad, {args.batch}x{args.classes} float32, gamma=2, "
+        f"{args.rounds} rounds, block {args.block}, malloc {args.malloc}, torch threads {threads}, "
+        f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY')}, "
+        f"XLA_FLAGS {os.environ.get('XLA_FLAGS', '(unset)')}"
     )
     for name, ms in times.items():
         print(f"  {name:<20} min {min(ms):8.2f} ms   median {np.median(ms):8.2f} ms")

@@ -1,4 +1,5 @@
-"""Value+gradient time of every jaxloss loss against torch eager, torch.compile, naive JAX and optax.
+"""Value+gradient time of every jaxloss loss against torch eager,
+torch.compile, naive JAX and optax.
 
 Usage (from the repository root)::
 
@@ -28,42 +29,55 @@ more than 32 MiB gets freshly mapped pages, and the page faults then cost more t
 (the floor at 8192x1000 goes from about 2 ms to 9 ms); both settings are recorded.
 ``torch.set_num_threads`` is set to the number of cores this process may use, which is the size of
 XLA:CPU's default intra-op pool, and ``OMP_WAIT_POLICY=PASSIVE`` (unless set) so that torch's
-idle OpenMP workers do not spin on the cores the next JAX call needs; ``XLA_FLAGS`` is left as the environment has it (recorded) and is
-the same for every JAX method because they share the process. Ratios use the min times.
+idle OpenMP workers do not spin on the cores the next JAX call needs; ``XLA_FLAGS`` is left as the
+environment has it (recorded) and is the same for every JAX method because they share the process.
+Ratios use the min times. The losses are in ``_loss_cases.py``, the timing helpers in
+``_timing.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import pathlib
-import platform
 import sys
 import time
 import traceback
 
 import numpy as np
 
-# torch's OpenMP workers otherwise spin-wait after every call and, on a machine with few cores, steal
-# them from the XLA call that follows (and XLA's pool does the same to torch): measured 2x swings.
-# Passive waiting (set before torch is imported; an explicit user setting wins) makes interleaved
-# timing fair. It is recorded in the output.
+# torch's OpenMP workers otherwise spin-wait after every call and, on a machine with few cores,
+# steal them from the XLA call that follows (and XLA's pool does the same to torch): measured 2x
+# swings. Passive waiting (set before torch is imported; an explicit user setting wins) makes
+# interleaved timing fair. It is recorded in the output.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "parity_tests"))
+# The helper modules beside this file (also when it is loaded by path, as the smoke test does).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import torch_reference as ref  # noqa: E402
-
-import jaxloss  # noqa: E402
-from train import runtime  # noqa: E402
+import jax.numpy as jnp
+import torch
+from _loss_cases import (
+    GAMMA,
+    SIGMOID_ALPHA,
+    SMOOTHING,
+    jax_naive,
+    jax_optax,
+    jax_ours,
+    torch_module,
+)
+from _timing import (
+    BLOCK,
+    apply_malloc,
+    cores,
+    floor_runner,
+    jax_runner,
+    machine_info,
+    time_interleaved,
+    torch_runner,
+    write_results,
+)
 
 SIZES = {  # name -> logits shape (classes last)
     "256x10": (256, 10),
@@ -81,182 +95,10 @@ LOSSES = (
     "f1",
 )
 SEGMENTATION_LOSSES = ("focal", "focal_sigmoid")  # the segmentation-like size is run for these
-GAMMA, SMOOTHING, SIGMOID_ALPHA = 2.0, 0.1, 0.25
 METHODS = ("ours", "floor", "torch", "compile", "naive", "optax")
 GOAL_LOSSES = ("focal", "cross_entropy", "cross_entropy_ls", "label_smoothing_others")
 GOAL_SIZE = "8192x1000"
-BLOCK = 4  # calls per method per round; the first of each block is not counted
 WARMUP_CALLS = 6  # untimed calls before the rounds (the first compiles)
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-# --------------------------------------------------------------------------------- the losses
-# Each JAX loss takes (logits (..., C), labels (...), onehot (..., C) float) and returns the mean.
-# Only the sigmoid focal loss uses `onehot` (its float targets); every softmax loss that needs a
-# one-hot builds it from the labels inside the timed function, as jaxloss does.
-
-
-def _jax_ours(name, num_classes):
-    return {
-        "focal": lambda x, y, t: jaxloss.focal_loss(x, y, gamma=GAMMA),
-        "focal_sigmoid": lambda x, y, t: jaxloss.sigmoid_focal_loss(
-            x, t, gamma=GAMMA, alpha=SIGMOID_ALPHA
-        ),
-        "cross_entropy": lambda x, y, t: jaxloss.cross_entropy(x, y),
-        "cross_entropy_ls": lambda x, y, t: jaxloss.cross_entropy(x, y, label_smoothing=SMOOTHING),
-        "label_smoothing_others": lambda x, y, t: jaxloss.label_smoothing_loss(
-            x, y, smoothing=SMOOTHING
-        ),
-        "f1": lambda x, y, t: jaxloss.f1_loss(x, y),
-    }[name]
-
-
-def _naive_log_pt(x, y):
-    return jnp.take_along_axis(jax.nn.log_softmax(x, axis=-1), y[..., None], axis=-1)[..., 0]
-
-
-def _naive_f1(x, y, t):
-    c = x.shape[-1]
-    p = jax.nn.softmax(x, axis=-1).reshape(-1, c)
-    t = jax.nn.one_hot(y, c, dtype=x.dtype).reshape(-1, c)
-    tp, fp, fn = (t * p).sum(0), ((1 - t) * p).sum(0), (t * (1 - p)).sum(0)
-    eps = 1e-7
-    precision, recall = tp / (tp + fp + eps), tp / (tp + fn + eps)
-    f1 = jnp.clip(2 * precision * recall / (precision + recall + eps), eps, 1 - eps)
-    return 1 - f1.mean()
-
-
-def _naive_sigmoid_focal(x, y, t):
-    p = jax.nn.sigmoid(x)
-    ce = jnp.maximum(x, 0) - x * t + jnp.log1p(jnp.exp(-jnp.abs(x)))
-    p_t = p * t + (1 - p) * (1 - t)
-    alpha_t = SIGMOID_ALPHA * t + (1 - SIGMOID_ALPHA) * (1 - t)
-    return jnp.mean(alpha_t * ce * (1 - p_t) ** GAMMA)
-
-
-def _jax_naive(name, num_classes):
-    c = num_classes
-
-    def focal(x, y, t):
-        log_pt = _naive_log_pt(x, y)
-        return jnp.mean(-((1 - jnp.exp(log_pt)) ** GAMMA) * log_pt)
-
-    def smoothed(eps_target, eps_other):
-        def loss(x, y, t):
-            t = jax.nn.one_hot(y, c, dtype=x.dtype)  # built from the labels, as ours does
-            dist = t * eps_target + (1 - t) * eps_other
-            return jnp.mean(jnp.sum(-dist * jax.nn.log_softmax(x, axis=-1), axis=-1))
-
-        return loss
-
-    return {
-        "focal": focal,
-        "focal_sigmoid": _naive_sigmoid_focal,
-        "cross_entropy": lambda x, y, t: -jnp.mean(_naive_log_pt(x, y)),
-        "cross_entropy_ls": smoothed(1 - SMOOTHING + SMOOTHING / c, SMOOTHING / c),
-        "label_smoothing_others": smoothed(1 - SMOOTHING, SMOOTHING / (c - 1)),
-        "f1": _naive_f1,
-    }[name]
-
-
-def _jax_optax(name, num_classes):
-    c = num_classes
-    losses = optax.losses
-
-    def smoothed(eps):
-        def loss(x, y, t):
-            onehot = jax.nn.one_hot(y, c, dtype=x.dtype)  # built from the labels, as ours does
-            return jnp.mean(losses.softmax_cross_entropy(x, losses.smooth_labels(onehot, eps)))
-
-        return loss
-
-    return {
-        "focal_sigmoid": lambda x, y, t: jnp.mean(
-            losses.sigmoid_focal_loss(x, t, alpha=SIGMOID_ALPHA, gamma=GAMMA)
-        ),
-        "cross_entropy": lambda x, y, t: jnp.mean(
-            losses.softmax_cross_entropy_with_integer_labels(x, y)
-        ),
-        "cross_entropy_ls": smoothed(SMOOTHING),
-        # "others" with eps is torch/optax's uniform smoothing with eps * C / (C - 1).
-        "label_smoothing_others": smoothed(SMOOTHING * c / (c - 1)),
-    }.get(name)
-
-
-def _torch_module(name, num_classes):
-    """A callable (x (N, C), y (N,), t (N, C)) -> mean loss, as the reference writes it."""
-    if name == "focal":
-        module = ref.FocalLossSeed000(alpha=1, gamma=GAMMA)
-        return lambda x, y, t: module(x, y)
-    if name == "focal_sigmoid":
-        return lambda x, y, t: ref.torchvision_sigmoid_focal_loss(
-            x, t, alpha=SIGMOID_ALPHA, gamma=GAMMA, reduction="mean"
-        )
-    if name == "cross_entropy":
-        return lambda x, y, t: F.cross_entropy(x, y)
-    if name == "cross_entropy_ls":
-        return lambda x, y, t: F.cross_entropy(x, y, label_smoothing=SMOOTHING)
-    if name == "label_smoothing_others":
-        module = ref.LabelSmoothingLoss(num_classes, smoothing=SMOOTHING)
-        return lambda x, y, t: module(x, y)
-    if name == "f1":
-        module = ref.F1Loss(num_classes)
-        return lambda x, y, t: module(x, y)
-    raise KeyError(name)
-
-
-# ------------------------------------------------------------------------------- the runners
-
-
-def _jax_runner(loss, x, y, t):
-    step = jax.jit(jax.value_and_grad(loss))
-
-    def run():
-        jax.block_until_ready(step(x, y, t))
-
-    return run
-
-
-def _floor_runner(x):
-    flat = x.reshape(-1, x.shape[-1])
-    shift = jnp.zeros(flat.shape[:1], flat.dtype)
-    floor = jax.jit(lambda v, r: jnp.exp(v - r[:, None]))
-
-    def run():
-        jax.block_until_ready(floor(flat, shift))
-
-    return run
-
-
-def _torch_runner(loss, x, y, t):
-    def run():
-        x.grad = None
-        loss(x, y, t).backward()
-
-    return run
-
-
-def _time_interleaved(runners, min_rounds, max_rounds, budget_s, block=BLOCK):
-    """Round-robin timing: every round calls every runner ``block`` times back to back and keeps
-    all but the first of those calls. Returns {name: [seconds]}."""
-    times = {name: [] for name in runners}
-    start = time.perf_counter()
-    for round_ in range(max_rounds):
-        for name, run in runners.items():
-            for i in range(block):
-                t0 = time.perf_counter()
-                run()
-                if i or block == 1:
-                    times[name].append(time.perf_counter() - t0)
-        if round_ + 1 >= min_rounds and time.perf_counter() - start > budget_s:
-            break
-    return times
 
 
 def bench_one(name, shape, *, use_compile, min_rounds, max_rounds, budget_s, seed=0):
@@ -286,23 +128,23 @@ def bench_one(name, shape, *, use_compile, min_rounds, max_rounds, budget_s, see
         methods[method] = {"first_call_s": round(time.perf_counter() - t0, 3)}
         runners[method] = run
 
-    add("ours", lambda: _jax_runner(_jax_ours(name, num_classes), x, y, t))
-    add("floor", lambda: _floor_runner(x))
-    torch_loss = _torch_module(name, num_classes)
-    add("torch", lambda: _torch_runner(torch_loss, xt, yt, tt))
+    add("ours", lambda: jax_runner(jax_ours(name, num_classes), x, y, t))
+    add("floor", lambda: floor_runner(x))
+    torch_loss = torch_module(name, num_classes)
+    add("torch", lambda: torch_runner(torch_loss, xt, yt, tt))
     if use_compile:
         torch._dynamo.reset()
-        add("compile", lambda: _torch_runner(torch.compile(torch_loss), xt, yt, tt))
+        add("compile", lambda: torch_runner(torch.compile(torch_loss), xt, yt, tt))
     else:
         methods["compile"] = {"n/a": "skipped (--quick / --no-compile)"}
-    add("naive", lambda: _jax_runner(_jax_naive(name, num_classes), x, y, t))
-    optax_loss = _jax_optax(name, num_classes)
+    add("naive", lambda: jax_runner(jax_naive(name, num_classes), x, y, t))
+    optax_loss = jax_optax(name, num_classes)
     if optax_loss is None:
         methods["optax"] = {"n/a": "optax has no such loss"}
     else:
-        add("optax", lambda: _jax_runner(optax_loss, x, y, t))
+        add("optax", lambda: jax_runner(optax_loss, x, y, t))
 
-    times = _time_interleaved(runners, min_rounds, max_rounds, budget_s)
+    times = time_interleaved(runners, min_rounds, max_rounds, budget_s)
     for method, samples in times.items():
         ms = np.asarray(samples) * 1e3
         methods[method].update(
@@ -396,7 +238,7 @@ def format_table(results):
 
 
 def format_markdown(result):
-    """The table as Markdown (for the README): min ms per method and the ratios, plus the machine."""
+    """The table as Markdown (for the README): min ms per method, the ratios, and the machine."""
     m = result["machine"]
     keys = list(result["results"][0]["ratios"])
     lines = [
@@ -421,50 +263,6 @@ def format_markdown(result):
         ratios = ["n/a" if v is None else f"{v:.2f}" for v in r["ratios"].values()]
         lines.append(f"| {r['loss']} | {r['size']} | " + " | ".join(cells + ratios) + " |")
     return "\n".join(lines) + "\n"
-
-
-def machine_info(torch_threads):
-    cpu = platform.processor()
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores_available": cores(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jax_backend": jax.default_backend(),
-        "torch": torch.__version__,
-        "optax": optax.__version__,
-        "jaxloss": jaxloss.__version__,
-        "torch_num_threads": torch_threads,
-        "torch_num_interop_threads": torch.get_num_interop_threads(),
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "(unset: XLA defaults, intra-op pool = cores)"),
-        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
-
-
-def apply_malloc(malloc: str) -> bool:
-    """``"tuned"``: raise glibc's malloc thresholds (``train/runtime.py``); ``"default"``: leave them.
-    Returns whether tuning was applied. Shared by the benchmarks."""
-    if malloc not in ("tuned", "default"):
-        raise ValueError(f"malloc must be 'tuned' or 'default', got {malloc=!r}")
-    return runtime.tune_malloc() if malloc == "tuned" else False
-
-
-def write_results(out: str, result: dict, markdown: str) -> None:
-    """Writes ``result`` as JSON to ``out`` and ``markdown`` beside it (``.md``)."""
-    path = pathlib.Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    path.with_suffix(".md").write_text(markdown)
-    print(f"wrote {path} and {path.with_suffix('.md')}")
 
 
 def run(
@@ -583,7 +381,8 @@ def main(argv=None):
         if goal["goal"] != "naive/ours >= 1" or goal["met"] is False:
             status = {True: "MET", False: "MISSED", None: "n/a"}[goal["met"]]
             print(
-                f"  {status:<7}{goal['loss']:<23}{goal['size']:<15}{goal['goal']:<20}{goal['value']}"
+                f"  {status:<7}{goal['loss']:<23}{goal['size']:<15}"
+                f"{goal['goal']:<20}{goal['value']}"
             )
     naive = [g for g in result["goals"] if g["goal"] == "naive/ours >= 1"]
     print(f"  naive/ours >= 1 at every size: {sum(bool(g['met']) for g in naive)}/{len(naive)} met")

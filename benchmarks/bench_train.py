@@ -8,10 +8,10 @@ One process, one CIFAR-style ResNet-18 (``resnet18_cifar``: 3x3 stem, no max-poo
 11.2 M parameters), batch 128 of 32x32x3 float32 images, cross-entropy, SGD with momentum 0.9 and
 weight decay 5e-4, train mode (BatchNorm batch statistics):
 
-* ``flax``: ``train.step_lib.train_step`` under ``jax.jit`` with the state donated, exactly as
-  ``python -m train`` compiles it (NHWC);
-* ``torch``: ``train.torch_models.build("resnet18_cifar")`` (the layout ``train.port`` maps), eager,
-  ``zero_grad / cross_entropy / backward / SGD.step``, NCHW;
+* ``flax``: ``train.step.train_step`` under ``jax.jit`` with the state donated, exactly as
+  ``jaxloss-train`` compiles it (NHWC), the loss from ``train.losses.loss_from_config``;
+* ``torch``: ``train.pytorch.models.build("resnet18_cifar")`` (the layout ``train.pytorch.port``
+  maps), eager, ``zero_grad / cross_entropy / backward / SGD.step``, NCHW;
 * ``compile``: the same module under ``torch.compile`` (inductor);
 * ``conv``: the diagnosis: one 3x3, 64 -> 64 channel convolution of the batch (the layer ResNet-18's
   first stage repeats), forward and forward+backward, ``lax.conv_general_dilated`` (NHWC) against
@@ -40,24 +40,26 @@ import sys
 import time
 import traceback
 
+# Passive OpenMP waiting, set before torch is imported (an explicit user setting wins): see the
+# docstring and bench_losses.py.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-ROOT = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
+# The helper modules beside this file (also when it is loaded by path, as the smoke test does).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from bench_losses import apply_malloc, cores, machine_info, write_results  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torch.nn.functional as F
+from _timing import apply_malloc, cores, machine_info, write_results
 
-from train import losses  # noqa: E402
-from train import step as step_lib  # noqa: E402
-from train.pytorch import models as torch_models  # noqa: E402
-from train.config import Config  # noqa: E402
-from train.data import pipeline  # noqa: E402
-from train.data.catalog import ArrayDataset  # noqa: E402
+from train import losses
+from train import step as step_lib
+from train.config import Config
+from train.data import pipeline
+from train.data.catalog import ArrayDataset
+from train.pytorch import models as torch_models
 
 MODEL, NUM_CLASSES, IMAGE = "resnet18_cifar", 10, (32, 32, 3)
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
@@ -71,7 +73,7 @@ def _batch(batch_size: int, seed: int = 0):
 
 
 def flax_method(batch_size: int, width: int):
-    """``step(sync)``: one call of the trainer's jitted, donating train step on a fixed device batch."""
+    """``step(sync)``: one call of the trainer's jitted, donating train step on a fixed batch."""
     config = Config(
         model=MODEL,
         width=width,
@@ -95,7 +97,7 @@ def flax_method(batch_size: int, width: int):
     step_fn = jax.jit(
         functools.partial(
             step_lib.train_step,
-            loss_fn=losses.create_loss("ce", num_classes=NUM_CLASSES),
+            loss_fn=losses.loss_from_config(config, NUM_CLASSES),  # config.loss is "ce"
             num_classes=NUM_CLASSES,
         ),
         donate_argnums=0,

@@ -1,14 +1,15 @@
-"""Helpers shared by the example scripts: flags, a held-out test split, checkpoint evaluation, tables.
+"""Helpers shared by the example scripts: flags, a held-out test split, checkpoint evaluation.
 
-The examples are thin drivers over the `train` package: they build `train.config.Config`s, call
-`train.loop_lib.train_and_evaluate`, and read back what it wrote (metrics.jsonl, checkpoints/).
+The examples are thin drivers over the `train` package: they build `train.config.Config`s, get
+their data from `train.data.input_from_config` and their loss from `train.losses.loss_from_config`,
+call `train.loop.train_and_evaluate`, and read back what it wrote (metrics.jsonl, checkpoints/),
+plus tables and plots.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -22,9 +23,9 @@ try:  # `pip install -e .` makes `train` importable; a plain clone runs from its
 except ImportError:  # pragma: no cover - depends on how the repo is installed
     sys.path.insert(0, ROOT)
 
-import numpy as np
+import numpy as np  # noqa: E402 - after the sys.path fallback above
 
-from train.config import Config
+from train.config import Config  # noqa: E402 - needs the sys.path fallback above
 
 __all__ = [
     "add_common_flags",
@@ -79,7 +80,7 @@ def base_config(args: argparse.Namespace, **overrides: Any) -> Config:
 
 
 def build_data(config: Config, *, test_split: bool = True):
-    """`train.data.build_input` for `config`; without a test split, half of val becomes test.
+    """`train.data.input_from_config(config)`; without a test split, half of val becomes test.
 
     digits has no test split: with `test_split`, the validation indices (`config.val_fraction`
     of the data) are halved at random (seeded by `config.seed`) into validation and test, a
@@ -87,18 +88,7 @@ def build_data(config: Config, *, test_split: bool = True):
     """
     from train import data as data_lib
 
-    data = data_lib.build_input(
-        dataset=config.dataset,
-        data_dir=config.data_dir,
-        batch_size=config.batch_size,
-        eval_batch_size=config.eval_batch_size,
-        val_fraction=config.val_fraction,
-        imbalance=config.imbalance,
-        augment=config.augment,
-        image_size=config.image_size,
-        seed=config.seed,
-        cache_dir=config.cache_dir,
-    )
+    data = data_lib.input_from_config(config)
     if not test_split or data.test_size > 0:
         return data
     pool, idx = data.splits["val"]
@@ -128,34 +118,18 @@ def history(workdir: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-@functools.lru_cache(maxsize=32)
-def _eval_fn(loss_name: str, num_classes: int, gamma: float, alpha, smoothing, spread, eps):
-    import jax
-
-    from train import losses
-    from train import step as step_lib
-
-    loss_fn = losses.create_loss(
-        loss_name,
-        num_classes=num_classes,
-        focal_gamma=gamma,
-        focal_alpha=alpha,
-        label_smoothing=smoothing,
-        smoothing_spread=spread,
-        f1_epsilon=eps,
-    )
-    return jax.jit(functools.partial(step_lib.eval_step, loss_fn=loss_fn))
-
-
 def evaluate_checkpoint(
     config: Config, workdir: str, data, kind: str = "latest", split: str = "test"
 ) -> tuple[int, dict[str, Any]]:
-    """Restores the `kind` checkpoint ("latest", "best_loss", "best_f1") of a finished run and
-    evaluates it on `split`; returns `(epoch, metrics)` with `metrics` as `train.metrics.summarize`
-    (keys `loss, accuracy, f1, recall, count`)."""
+    """Evaluates a finished run's `kind` checkpoint ("latest", "best_loss", "best_f1") on `split`.
+
+    Returns `(epoch, metrics)` with `metrics` as `train.metrics.summarize` (keys `loss, accuracy,
+    f1, recall, count`). The eval step is the trainer's (`train.step.compiled_steps`, cached per
+    loss), so it compiles once per loss and process.
+    """
     import jax
 
-    from train import checkpoints, metrics
+    from train import checkpoints, losses, metrics
     from train import step as step_lib
 
     target = step_lib.create_train_state(
@@ -174,15 +148,8 @@ def evaluate_checkpoint(
             state = ckpt.restore_best(kind, target)
     finally:
         ckpt.close()
-    eval_fn = _eval_fn(
-        config.loss,
-        data.num_classes,
-        config.focal_gamma,
-        config.focal_alpha,
-        config.label_smoothing,
-        config.smoothing_spread,
-        config.f1_epsilon,
-    )
+    loss_fn = losses.loss_from_config(config, data.num_classes)
+    _, eval_fn = step_lib.compiled_steps(loss_fn, data.num_classes, config.disturb_label)
     totals = step_lib.evaluate(eval_fn, state, data.eval_batches(split), data.num_classes)
     return int(epoch), metrics.summarize(jax.device_get(totals))
 
@@ -245,10 +212,10 @@ def pyplot():
     return plt
 
 
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """`(fn(), seconds)`."""
+def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """`(fn(*args, **kwargs), seconds)`."""
     import time
 
     start = time.perf_counter()
-    out = fn()
+    out = fn(*args, **kwargs)
     return out, time.perf_counter() - start

@@ -13,8 +13,8 @@ The trainer keeps the best checkpoint by validation loss and, separately, by val
 (seed 002); both are evaluated on the test split. Writes `compare_losses_and_schedules.md/.json`
 and `compare_losses_and_schedules.png` (learning rate and validation macro-F1 per epoch).
 
-    python examples/compare_losses_and_schedules.py               # 4 losses x 3 schedules x accum 1, 4
-    python examples/compare_losses_and_schedules.py --accum 1     # without accumulation only
+    python examples/compare_losses_and_schedules.py            # 4 losses x 3 schedules x accum 1, 4
+    python examples/compare_losses_and_schedules.py --accum 1  # without accumulation only
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 config = C.base_config(args, accum=accum, **common, **loss_kw, **sched_kw)
                 data = C.build_data(config)
                 workdir = os.path.join(args.outdir, "runs", f"{len(results)}")
-                _, seconds = C.timed(lambda: C.run(config, workdir, data, verbose=args.verbose))
+                _, seconds = C.timed(C.run, config, workdir, data, verbose=args.verbose)
                 total += seconds
                 hist = C.history(workdir)
                 row = dict(

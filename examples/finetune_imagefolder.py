@@ -1,10 +1,10 @@
-"""Seed 000: fine-tune a torchvision-layout ResNet-18 on an ImageFolder with focal loss.
+r"""Seed 000: fine-tune a torchvision-layout ResNet-18 on an ImageFolder with focal loss.
 
 The seed's setup: SGD lr 0.001 momentum 0.9, StepLR(step_size=7, gamma=0.1), softmax focal loss
-alpha 0.25 gamma 2, random-resized-crop + flip, keep the best validation-accuracy weights. The trainer
-checkpoints the best model by validation loss and by validation macro-F1; with two balanced classes
-this script reports the best validation *accuracy* epoch from metrics.jsonl (the seed's criterion)
-next to the epochs of the two checkpoints.
+alpha 0.25 gamma 2, random-resized-crop + flip, keep the best validation-accuracy weights. The
+trainer checkpoints the best model by validation loss and by validation macro-F1; with two balanced
+classes this script reports the best validation *accuracy* epoch from metrics.jsonl (the seed's
+criterion) next to the epochs of the two checkpoints.
 
 Without `--data-dir` it generates a synthetic two-class folder (circles vs squares,
 `make_synthetic_imagefolder.py`) under --outdir, so it runs offline. The seed fine-tunes ImageNet
@@ -14,7 +14,8 @@ weights; here the network starts from random weights unless the trainer supports
 seed's network input and size.
 
     python examples/finetune_imagefolder.py
-    python examples/finetune_imagefolder.py --data-dir hymenoptera_data --image-size 224 --width 64 --epochs 25
+    python examples/finetune_imagefolder.py --data-dir hymenoptera_data \
+        --image-size 224 --width 64 --epochs 25
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             "--init-from",
             default=None,
             help="torch checkpoint (state_dict) to start from, passed to the trainer "
-            "(python -m train --init-from); the width comes from the checkpoint",
+            "(jaxloss-train --init-from); the width comes from the checkpoint",
         )
     if FREEZE:
         p.add_argument(
@@ -120,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     workdir = os.path.join(args.outdir, "run")
     data = C.build_data(config, test_split=False)
-    _, seconds = C.timed(lambda: C.run(config, workdir, data, verbose=True))
+    _, seconds = C.timed(C.run, config, workdir, data, verbose=True)
     hist = C.history(workdir)
     best_acc = max(hist, key=lambda r: r["val_accuracy"])  # first epoch reaching the maximum
     ckpt_epochs = C.checkpoint_epochs(workdir)

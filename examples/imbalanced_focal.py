@@ -1,20 +1,24 @@
-"""Seed 003: one class cut to a fraction of its training images; cross-entropy vs focal loss.
+r"""Seed 003: one class cut to a fraction of its training images; cross-entropy vs focal loss.
 
 Runs, each over several seeds (LeNet, Adam 1e-3, constant LR, no augmentation, as the post):
 
 1. CE on the balanced training set;
 2. CE with class `--cut-class` (default 6) cut to `--fraction` of its training images;
-3. focal loss (gamma 2) with per-class alpha (`--alpha` on the cut class, 1 on the others), same cut;
-4. class-weighted CE, same cut: focal with gamma 0 and the same alpha, i.e. `alpha[y] * CE` averaged
-   over the batch (the seed's weighting, not divided by the sum of the weights as torch's weighted CE);
+3. focal loss (gamma 2) with per-class alpha (`--alpha` on the cut class, 1 on the others), same
+   cut;
+4. class-weighted CE, same cut: focal with gamma 0 and the same alpha, i.e. `alpha[y] * CE`
+   averaged over the batch (the seed's weighting, not divided by the sum of the weights as torch's
+   weighted CE);
 5. label smoothing 0.1 (the seeds' loss), same cut.
 
-Each run is scored on a held-out test split with the final weights (the post evaluates after the last
-epoch): accuracy, recall of the cut class (the post's "digit-6 accuracy") and macro-F1, as mean ± std
-over the seeds. Writes `imbalanced_focal.md/.json` and `imbalanced_focal.png` to --outdir.
+Each run is scored on a held-out test split with the final weights (the post evaluates after the
+last epoch): accuracy, recall of the cut class (the post's "digit-6 accuracy") and macro-F1, as
+mean ± std over the seeds. Writes `imbalanced_focal.md/.json` and `imbalanced_focal.png` to
+--outdir.
 
     python examples/imbalanced_focal.py                       # digits, 1/10 of the 6s, 3 seeds
-    python examples/imbalanced_focal.py --dataset mnist --data-dir ~/tensorflow_datasets --fraction 0.01
+    python examples/imbalanced_focal.py --dataset mnist --data-dir ~/tensorflow_datasets \
+        --fraction 0.01
 """
 
 from __future__ import annotations
@@ -99,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             config = C.base_config(args, seed=seed, **common, **overrides)
             data = C.build_data(config)
             workdir = os.path.join(args.outdir, "runs", f"{len(results)}_seed{seed}")
-            _, seconds = C.timed(lambda: C.run(config, workdir, data, verbose=args.verbose))
+            _, seconds = C.timed(C.run, config, workdir, data, verbose=args.verbose)
             epoch, m = C.evaluate_checkpoint(config, workdir, data, "latest", "test")
             total += seconds
             per_seed.append(

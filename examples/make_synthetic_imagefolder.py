@@ -47,8 +47,10 @@ def make_imagefolder(
     Examples:
       >>> import tempfile
       >>> root = make_imagefolder(tempfile.mkdtemp(), train=2, val=1, size=16)
-      >>> sorted(os.listdir(os.path.join(root, "train"))), len(os.listdir(os.path.join(root, "val", "circle")))
-      (['circle', 'square'], 1)
+      >>> sorted(os.listdir(os.path.join(root, "train")))
+      ['circle', 'square']
+      >>> len(os.listdir(os.path.join(root, "val", "circle")))
+      1
     """
     rng = np.random.default_rng(seed)
     for split, count in (("train", train), ("val", val)):

@@ -1,4 +1,4 @@
-"""Seed 004: regularisers against overfitting: early stopping, L2 weight decay, dropout,
+r"""Seed 004: regularisers against overfitting: early stopping, L2 weight decay, dropout,
 DisturbLabel, label smoothing.
 
 All runs: Adam 1e-3, constant LR, no augmentation (so the baseline overfits), batch 32, and a
@@ -6,19 +6,22 @@ All runs: Adam 1e-3, constant LR, no augmentation (so the baseline overfits), ba
 (60/20/20; the post splits CIFAR-10 30k/20k and tests on the 10k test split, which is what
 `--dataset cifar10` does). Rows:
 
-- baseline: CIFAR ResNet-18 (width `--width`), all epochs, final weights ("overfitting" in the post);
+- baseline: CIFAR ResNet-18 (width `--width`), all epochs, final weights ("overfitting" in the
+  post);
 - early stopping: the same run's best-validation-loss checkpoint (the post keeps the lowest val-loss
   model while training on), with the epoch where `--early-stopping 5` would have stopped it;
 - Adam weight decay 1e-3 (L2 added to the gradient, torch's Adam), DisturbLabel alpha 30, label
   smoothing 0.2 (the seeds' loss): the ResNet, final weights;
 - dropout: the seed's small CNN (dropout 0.5 after the first FC layer) against the same CNN with the
   dropout removed (`small_cnn` has no dropout-rate flag, so this script registers a no-dropout
-  variant in `train.models.MODELS`); digits are resized to 16x16 for it (it needs >= 14x14).
+  variant in `train.models.MODELS` and `train.names.MODELS`); digits are resized to 16x16 for it
+  (it needs >= 14x14).
 
 Writes `regularization.md/.json` and `regularization.png` (train/val loss per run) to --outdir.
 
     python examples/regularization.py
-    python examples/regularization.py --dataset cifar10 --data-dir ~/tensorflow_datasets --width 64 --epochs 30
+    python examples/regularization.py --dataset cifar10 --data-dir ~/tensorflow_datasets \
+        --width 64 --epochs 30
 """
 
 from __future__ import annotations
@@ -48,10 +51,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def register_no_dropout_cnn() -> str:
-    """Adds `small_cnn_no_dropout` (seed 004's small CNN without its dropout) to the model registry."""
+    """Adds `small_cnn_no_dropout` (seed 004's small CNN, no dropout) to the model registry."""
     from flax import nnx
 
-    from train import models
+    from train import models, names
 
     class SmallCNNNoDropout(models.SmallCNN):
         def __init__(self, **kwargs):
@@ -68,6 +71,9 @@ def register_no_dropout_cnn() -> str:
         )
 
     models.MODELS.setdefault("small_cnn_no_dropout", build)
+    # `Config` checks `model` against the names in `train.names.MODELS` (the registry's keys).
+    if "small_cnn_no_dropout" not in names.MODELS:
+        names.MODELS = (*names.MODELS, "small_cnn_no_dropout")
     return "small_cnn_no_dropout"
 
 
@@ -124,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             config = C.base_config(args, seed=seed, **{**common, **overrides})
             data = C.build_data(config)
             workdir = os.path.join(args.outdir, "runs", f"{i}_seed{seed}")
-            _, seconds = C.timed(lambda: C.run(config, workdir, data, verbose=args.verbose))
+            _, seconds = C.timed(C.run, config, workdir, data, verbose=args.verbose)
             total += seconds
             hist = C.history(workdir)
             final_epoch, final = C.evaluate_checkpoint(config, workdir, data, "latest", "test")
@@ -214,7 +220,7 @@ def plot(results: list[dict], path: str, title: str) -> str:
     fig, axes = plt.subplots(
         -(-n // cols), cols, figsize=(11, 6), constrained_layout=True, sharex=True
     )
-    for ax, r in zip(axes.flat, results):
+    for ax, r in zip(axes.flat, results, strict=False):
         run = r["runs"][0]
         epochs = range(1, len(run["train_loss"]) + 1)
         ax.plot(epochs, run["train_loss"], label="train")

@@ -162,7 +162,10 @@ def _diffs(jax_fn, torch_fn, x, dtype):
     tout = torch_fn(t)
     (tout * to_torch(cot, dtype)).sum().backward()
     tol = TOLERANCES[dtype]
-    exceed = lambda a, b: np.max(np.abs(a - b) - tol["atol"] - tol["rtol"] * np.abs(b))
+
+    def exceed(a, b):
+        return np.max(np.abs(a - b) - tol["atol"] - tol["rtol"] * np.abs(b))
+
     o, to = np.asarray(out, np.float64), tout.detach().double().numpy()
     g, tg = np.asarray(grad, np.float64), t.grad.double().numpy()
     return np.max(np.abs(o - to)), np.max(np.abs(g - tg)), max(exceed(o, to), exceed(g, tg)) <= 0
@@ -186,14 +189,14 @@ def main(argv=None) -> int:
             total += args.cases
             all_ok &= ok
             print(
-                f"{name:62} {np.dtype(dtype).name:8} {args.cases:5d} {dv:12.2e} {dg:12.2e}  {'yes' if ok else 'NO'}"
+                f"{name:62} {np.dtype(dtype).name:8} {args.cases:5d} {dv:12.2e} {dg:12.2e}  "
+                f"{'yes' if ok else 'NO'}"
             )
     tol = ", ".join(
         f"{np.dtype(k).name}: rtol {v['rtol']:g} atol {v['atol']:g}" for k, v in TOLERANCES.items()
     )
-    print(
-        f"\n{total} cases, values and gradients; tolerances {tol}: {'all within' if all_ok else 'EXCEEDED'}"
-    )
+    verdict = "all within" if all_ok else "EXCEEDED"
+    print(f"\n{total} cases, values and gradients; tolerances {tol}: {verdict}")
     return 0 if all_ok else 1
 
 

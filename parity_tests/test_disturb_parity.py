@@ -85,7 +85,7 @@ def test_alpha_zero_is_identity_and_keys_matter():
 
 @pytest.mark.parametrize("alpha", [30.0, 70.0])
 def test_expected_ce_under_disturbed_labels_is_uniform_label_smoothing(alpha):
-    """E[CE(z, disturbed y)] = CE with label_smoothing = alpha/100 spread uniformly (Monte Carlo)."""
+    """E[CE(z, disturbed y)] = CE, label_smoothing alpha/100 spread uniformly (Monte Carlo)."""
     num_classes, draws = 3, 20_000
     rng = np.random.default_rng(4)
     logits = jnp.asarray(rng.normal(size=(32, num_classes)) * 2, jnp.float32)

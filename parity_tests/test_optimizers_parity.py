@@ -138,7 +138,7 @@ def test_matches_torch_step_for_step(case_id, kwargs, make_torch, dtype):
             lr * NEW_LR_FACTOR,
             rtol=1e-7 if dtype == np.float32 else 0,
         )
-    for step, (pj, pt) in enumerate(zip(jax_traj, torch_traj)):
+    for step, (pj, pt) in enumerate(zip(jax_traj, torch_traj, strict=True)):
         for k in SHAPES:
             assert pj[k].dtype == dtype
             np.testing.assert_allclose(
@@ -150,7 +150,10 @@ def test_matches_torch_step_for_step(case_id, kwargs, make_torch, dtype):
 
 
 def test_lr_change_changes_the_trajectory():
-    """Guard: without the mid-run LR change the torch trajectory differs (so the test above sees it)."""
+    """Guard: without the mid-run LR change the torch trajectory differs.
+
+    So the test above sees the LR change.
+    """
     params, grads = _problem(np.float64)
     make = CASES[0][2]
     changed = _torch_trajectory(make, 0.1, params, grads)
@@ -212,7 +215,7 @@ def test_accumulation_equals_one_step_on_the_mean(kwargs):
 
 
 def test_accumulation_matches_torch_accumulation_loop():
-    """A torch loop summing loss/N micro-batch gradients then stepping == accum_steps=N (float64)."""
+    """A torch loop summing loss/N micro-batch gradients, then stepping == accum_steps=N (f64)."""
     n = 4
     params, _ = _problem(np.float64, seed=3)
     rng = np.random.default_rng(4)
@@ -222,7 +225,7 @@ def test_accumulation_matches_torch_accumulation_loop():
     tparams = {k: torch.tensor(v.copy()) for k, v in params.items()}
     opt = torch.optim.Adam(list(tparams.values()), lr=1e-2)
     for batch in micro:
-        for k, p in tparams.items():
+        for p in tparams.values():
             p.grad = torch.zeros_like(p)
         for g in batch:  # loss / N, backward accumulates into .grad
             for k, p in tparams.items():

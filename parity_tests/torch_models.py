@@ -2,10 +2,10 @@
 
 The torchvision-layout ResNet (`ResNet`, `BasicBlock`) and seed 004's CIFAR ResNet (`CifarResNet`,
 `ResidualBlock`, as 004_1e0f039da5020c04.txt writes it) live in the package,
-`train/pytorch/models.py`, because `jaxloss-verify` needs them too; they are re-exported here. `TorchResNet` is the
-torchvision-layout ResNet with an optional CIFAR stem (3x3 stride-1 `conv1`, no max-pool) under
-torchvision's names: the reference of the Flax `CifarResNet` with the Flax side's own names
-(`test_train_models_parity.py`).
+`train/pytorch/models.py`, because `jaxloss-verify` needs them too; they are re-exported here.
+`TorchResNet` is the torchvision-layout ResNet with an optional CIFAR stem (3x3 stride-1 `conv1`,
+no max-pool) under torchvision's names: the reference of the Flax `CifarResNet` with the Flax
+side's own names (`test_train_models_parity.py`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/bench_losses.py and bench_train.py: their logic, in-process, tiny sizes.
+"""Smoke tests of benchmarks/bench_losses.py and bench_train.py: their logic, in-process, tiny.
 
 Checks that every method runs (or says why not) and that the JSON has the documented keys. It never
 asserts anything about speed.

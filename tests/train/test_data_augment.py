@@ -24,7 +24,7 @@ def test_pad_crop_is_a_zero_filled_shift_within_pad():
     y = pad_crop_flip(x, np.random.default_rng(1), pad=2, flip=False)
     assert y.shape == x.shape and y.dtype == x.dtype
     shifts = set()
-    for xi, yi in zip(x, y):
+    for xi, yi in zip(x, y, strict=True):
         padded = np.pad(xi, ((2, 2), (2, 2), (0, 0)))
         found = [
             (dy, dx)
@@ -40,8 +40,8 @@ def test_pad_crop_is_a_zero_filled_shift_within_pad():
 def test_flip_mirrors_about_half_and_is_seeded():
     x = _batch(b=400)
     y = pad_crop_flip(x, np.random.default_rng(2), pad=0, flip=True)
-    mirrored = np.array([np.array_equal(yi, xi[:, ::-1]) for xi, yi in zip(x, y)])
-    same = np.array([np.array_equal(yi, xi) for xi, yi in zip(x, y)])
+    mirrored = np.array([np.array_equal(yi, xi[:, ::-1]) for xi, yi in zip(x, y, strict=True)])
+    same = np.array([np.array_equal(yi, xi) for xi, yi in zip(x, y, strict=True)])
     assert (mirrored ^ same).all()
     assert 160 < mirrored.sum() < 240
     np.testing.assert_array_equal(y, pad_crop_flip(x, np.random.default_rng(2), pad=0, flip=True))

@@ -108,8 +108,8 @@ def test_catalog_mnist_reads_through_the_registered_builder(data_dir):
         assert (
             images.shape == (n, 28, 28, 1) and images.dtype == np.uint8 and labels.dtype == np.int32
         )
-        got = sorted(zip((im.tobytes() for im in images), labels.tolist()))
-        want = sorted(zip((im.tobytes() for im in want_images), want_labels.tolist()))
+        got = sorted(zip((im.tobytes() for im in images), labels.tolist(), strict=True))
+        want = sorted(zip((im.tobytes() for im in want_images), want_labels.tolist(), strict=True))
         assert got == want  # every (image, label) pair exactly once, pixels lossless (PNG)
     assert "tensorflow" not in sys.modules
 

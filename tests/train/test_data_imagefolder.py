@@ -99,7 +99,7 @@ def test_build_input_happy_path(root):
         labels += batch["label"].tolist()
     assert sorted(labels) == [0] * 4 + [1] * 3 + [2] * 5  # 12 examples, batch 4: all of them
     again = list(inp.train_batches(0))
-    for x, y in zip(epoch, again):
+    for x, y in zip(epoch, again, strict=True):
         np.testing.assert_array_equal(x["image"], y["image"])  # random-resized-crop is seeded
     val = list(inp.eval_batches("val"))
     assert [b["mask"].tolist() for b in val] == [[True] * 3, [True, True, False]]

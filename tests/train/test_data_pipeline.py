@@ -60,7 +60,7 @@ def test_shuffle_same_seed_same_order_other_epoch_other_order(cache_dir, digits)
     a, b = build_input(**kw), build_input(**kw)
     e0, e0_again, e1 = _all(a.train_batches(0)), _all(b.train_batches(0)), _all(a.train_batches(1))
     assert len(e0) == len(e1) == a.steps_per_epoch == 1438 // 64
-    for x, y in zip(e0, e0_again):
+    for x, y in zip(e0, e0_again, strict=True):
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["label"], y["label"])
     labels0 = np.concatenate([x["label"] for x in e0])
@@ -79,7 +79,7 @@ def test_shuffle_same_seed_same_order_other_epoch_other_order(cache_dir, digits)
 def test_images_stay_aligned_with_labels(cache_dir, digits):
     images, labels = digits
     label_of = {}
-    for im, y in zip(_keys(images), labels):
+    for im, y in zip(_keys(images), labels, strict=True):
         label_of.setdefault(im, set()).add(int(y))
     inp = build_input(cache_dir=cache_dir, batch_size=32, augment=False, seed=5)
     batch = next(inp.train_batches(2))
@@ -87,7 +87,7 @@ def test_images_stay_aligned_with_labels(cache_dir, digits):
     assert (
         batch["label"].dtype == np.int32 and batch["mask"].dtype == np.bool_ and batch["mask"].all()
     )
-    for im, y in zip(_keys(_raw(batch["image"])), batch["label"]):
+    for im, y in zip(_keys(_raw(batch["image"])), batch["label"], strict=True):
         assert int(y) in label_of[im]
 
 
@@ -113,7 +113,7 @@ def test_imbalance_keeps_fraction_of_one_class(cache_dir):
     assert int((labels == 0).sum()) > 100  # the other classes are untouched
     # Validation stays balanced and identical.
     assert thin.val_size == full.val_size
-    for a, b in zip(full.eval_batches("val"), thin.eval_batches("val")):
+    for a, b in zip(full.eval_batches("val"), thin.eval_batches("val"), strict=True):
         np.testing.assert_array_equal(a["label"], b["label"])
 
 
@@ -143,7 +143,7 @@ def test_eval_pads_and_masks_each_example_exactly_once(cache_dir, digits, eval_b
     _, val_idx = split_train_val(1797, val_fraction=0.2, seed=7)
     assert sorted(_keys(seen)) == sorted(_keys(images[val_idx]))
     again = _all(inp.eval_batches("val"))  # eval order is fixed
-    for x, y in zip(batches, again):
+    for x, y in zip(batches, again, strict=True):
         np.testing.assert_array_equal(x["image"], y["image"])
     assert _all(inp.eval_batches("test")) == []
 
@@ -157,10 +157,10 @@ def test_augmentation_is_deterministic_and_shifts_digits(cache_dir, digits):
     np.testing.assert_array_equal(a["label"], p["label"])  # same order, only pixels differ
     assert a["image"].shape == p["image"].shape == (128, 8, 8, 1)
     raw_a, raw_p = _raw(a["image"]), _raw(p["image"])
-    changed = [not np.array_equal(x, y) for x, y in zip(raw_a, raw_p)]
+    changed = [not np.array_equal(x, y) for x, y in zip(raw_a, raw_p, strict=True)]
     assert 60 < sum(changed) < 128  # 8 of 9 shifts move the image
     # Every augmented digit is its original shifted by at most 1 pixel, never mirrored.
-    for x, y in zip(raw_a, raw_p):
+    for x, y in zip(raw_a, raw_p, strict=True):
         padded = np.pad(y, 1)
         assert any(
             np.array_equal(x, padded[dy : dy + 8, dx : dx + 8])
@@ -175,7 +175,7 @@ def test_prefetch_yields_identical_batches(cache_dir):
     for epoch in (0, 3):
         xs, ys = _all(eager.train_batches(epoch)), _all(ahead.train_batches(epoch))
         assert len(xs) == len(ys) == eager.steps_per_epoch
-        for x, y in zip(xs, ys):
+        for x, y in zip(xs, ys, strict=True):
             for key in ("image", "label", "mask"):
                 np.testing.assert_array_equal(x[key], y[key])
     for x, y in zip(eager.eval_batches("val"), ahead.eval_batches("val"), strict=True):

@@ -1,4 +1,4 @@
-"""`python -m train`: end-to-end run on tiny data, --help, and one-line errors for bad input."""
+"""`jaxloss-train` (run as `python -m train`): end-to-end run, --help, one-line errors."""
 
 import dataclasses
 import json

@@ -1,4 +1,4 @@
-"""train.step and train.loop: train/eval steps, retracing, early stopping, checkpoints and exact resume."""
+"""train.step and train.loop: steps, retracing, early stopping, checkpoints and exact resume."""
 
 import dataclasses
 import functools
@@ -67,7 +67,10 @@ def _config(**kw):
     return Config(**base)
 
 
-def _state(config, data=FakeInput()):
+_FAKE_INPUT = FakeInput()  # _state's default (one instance, made when the module loads)
+
+
+def _state(config, data=_FAKE_INPUT):
     return step_lib.create_train_state(
         config,
         num_classes=data.num_classes,
@@ -178,12 +181,16 @@ def test_resume_matches_uninterrupted_run(tmp_path, extra):
     for a, b in zip(
         jax.tree.leaves((state_a.params, state_a.batch_stats, state_a.opt_state)),
         jax.tree.leaves((state_b.params, state_b.batch_stats, state_b.opt_state)),
+        strict=True,
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bit-identical
-    hist = lambda d: [
-        {k: v for k, v in r.items() if k != "time_s"}
-        for r in map(json.loads, open(d / "metrics.jsonl"))
-    ]
+
+    def hist(d):
+        return [
+            {k: v for k, v in r.items() if k != "time_s"}
+            for r in map(json.loads, open(d / "metrics.jsonl"))
+        ]
+
     assert hist(tmp_path / "a") == hist(tmp_path / "b")
     assert loop_a["plateau"] == loop_b["plateau"]
     lrs = [r["lr"] for r in hist(tmp_path / "a")]
@@ -252,7 +259,7 @@ def test_accumulation_updates_every_n_steps_and_bfloat16_compute():
         kernels.append(np.asarray(state.params["fc3"]["kernel"][...]))
         assert np.isfinite(float(m.loss_sum))
     # MultiSteps: the parameters move on the 2nd and 4th micro-batch only
-    moved = [not np.array_equal(a, b) for a, b in zip(kernels, kernels[1:])]
+    moved = [not np.array_equal(a, b) for a, b in zip(kernels, kernels[1:], strict=False)]
     assert moved == [False, True, False, True]
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
 
@@ -275,11 +282,13 @@ def test_accumulated_micro_batches_equal_one_big_batch_without_batchnorm(optimiz
         for m in micro:
             s_accum, _ = step_accum(s_accum, m, jax.random.key(0))
         s_plain, _ = step_plain(s_plain, big, jax.random.key(0))
-    for a, b in zip(jax.tree.leaves(s_accum.params), jax.tree.leaves(s_plain.params)):
+    for a, b in zip(jax.tree.leaves(s_accum.params), jax.tree.leaves(s_plain.params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     moved = max(
         float(jnp.max(jnp.abs(a - b)))
-        for a, b in zip(jax.tree.leaves(s_plain.params), jax.tree.leaves(_state(plain).params))
+        for a, b in zip(
+            jax.tree.leaves(s_plain.params), jax.tree.leaves(_state(plain).params), strict=True
+        )
     )
     assert moved > 1e-3  # the steps did something
 

@@ -30,7 +30,8 @@ def test_matches_sklearn_on_random_data(seed):
 
 
 def test_edge_cases_match_sklearn():
-    # class 2 predicted but never true (no support), class 1 true but never predicted, class 3 absent
+    # class 2 predicted but never true (no support), class 1 true but never predicted,
+    # class 3 absent
     y = np.array([0, 0, 1, 1, 0])
     p = np.array([0, 2, 0, 0, 0])
     cm = metrics.confusion_matrix(y, p, 4)
