@@ -1,9 +1,10 @@
-"""train.port: torch ResNet weights in Flax give the same logits, statistics and training steps.
+"""train.pytorch.port: torch ResNet weights in Flax give the same logits, statistics, train steps.
 
 Torch models (`torch_models`, i.e. `train/pytorch/models.py`: torchvision's ResNet-18/34 names and
 seed 004's CIFAR ResNet) get random weights *and* random BatchNorm affine parameters and running
-statistics; their state_dict is ported with `train.port.from_torch` into the Flax `train.models`
-ResNet of the same name (width 64, the real architectures), and both run on the same random images.
+statistics; their state_dict is ported with `train.pytorch.port.from_torch` into the Flax
+`train.models` ResNet of the same name (width 64, the real architectures), and both run on the same
+random images.
 
 Tolerances (float32):
 - eval-mode logits: 1e-4 absolute (logits are O(1); XLA and oneDNN sum convolutions in different
@@ -14,7 +15,7 @@ Tolerances (float32):
 - running statistics after a train-mode pass: `atol=1e-5, rtol=1e-4` on the running means (equal by
   construction); the running variances after undoing torch's unbiased `n / (n - 1)` factor (n =
   B*H*W of each BatchNorm's input, recorded with forward hooks).
-- training steps (`train.step_lib.train_step` with `train.losses.create_loss("focal")`, i.e.
+- training steps (`train.step.train_step` with `train.losses.create_loss("focal")`, i.e.
   `jaxloss.focal_loss` alpha 0.25 gamma 2, vs `FocalLossSeed000`; `train.optim.create_optimizer`
   vs torch.optim; 5 batches of 8 random 32x32 images, parameters compared after steps 1 and 5):
   SGD (seed 000: lr 1e-3, momentum 0.9): every parameter within 1e-6 absolute, losses 1e-5
