@@ -14,7 +14,7 @@ All runs: Adam 1e-3, constant LR, no augmentation (so the baseline overfits), ba
   smoothing 0.2 (the seeds' loss): the ResNet, final weights;
 - dropout: the seed's small CNN (dropout 0.5 after the first FC layer) against the same CNN with the
   dropout removed (`small_cnn` has no dropout-rate flag, so this script registers a no-dropout
-  variant in `train.models.MODELS` and `train.names.MODELS`); digits are resized to 16x16 for it
+  variant with `train.models.register_model`); digits are resized to 16x16 for it
   (it needs >= 14x14).
 
 Writes `regularization.md/.json` and `regularization.png` (train/val loss per run) to --outdir.
@@ -54,7 +54,7 @@ def register_no_dropout_cnn() -> str:
     """Adds `small_cnn_no_dropout` (seed 004's small CNN, no dropout) to the model registry."""
     from flax import nnx
 
-    from train import models, names
+    from train import models
 
     class SmallCNNNoDropout(models.SmallCNN):
         def __init__(self, **kwargs):
@@ -70,10 +70,8 @@ def register_no_dropout_cnn() -> str:
             rngs=rngs,
         )
 
-    models.MODELS.setdefault("small_cnn_no_dropout", build)
-    # `Config` checks `model` against the names in `train.names.MODELS` (the registry's keys).
-    if "small_cnn_no_dropout" not in names.MODELS:
-        names.MODELS = (*names.MODELS, "small_cnn_no_dropout")
+    if "small_cnn_no_dropout" not in models.MODELS:
+        models.register_model("small_cnn_no_dropout", build)
     return "small_cnn_no_dropout"
 
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from train import names
 from train.names import RESNET_DEPTHS
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "SmallCNN",
     "TorchvisionResNet",
     "create_model",
+    "register_model",
 ]
 
 _BN_MOMENTUM = 0.9  # torch momentum 0.1
@@ -318,41 +320,19 @@ class LeNet(nnx.Module):
 
 
 def _resnet(cls: type, depths: tuple[int, ...]) -> Callable[..., nnx.Module]:
-    def build(
-        *,
-        num_classes: int,
-        image_shape: tuple[int, int, int],
-        width: int | None = None,
-        dtype: Any = jnp.float32,
-        rngs: nnx.Rngs,
-    ) -> nnx.Module:
-        return cls(
-            depths,
-            num_classes=num_classes,
-            in_channels=image_shape[-1],
-            width=64 if width is None else width,
-            dtype=dtype,
-            rngs=rngs,
-        )
+    def build(*, num_classes, image_shape, width=None, dtype=jnp.float32, rngs):
+        width = 64 if width is None else width
+        kw = dict(num_classes=num_classes, width=width, dtype=dtype, rngs=rngs)
+        return cls(depths, in_channels=image_shape[-1], **kw)
 
     return build
 
 
 def _plain(cls: type) -> Callable[..., nnx.Module]:
-    def build(
-        *,
-        num_classes: int,
-        image_shape: tuple[int, int, int],
-        width: int | None = None,
-        dtype: Any = jnp.float32,
-        rngs: nnx.Rngs,
-    ) -> nnx.Module:
+    def build(*, num_classes, image_shape, width=None, dtype=jnp.float32, rngs):
+        width = 6 if width is None else width
         return cls(
-            num_classes=num_classes,
-            image_shape=image_shape,
-            width=6 if width is None else width,
-            dtype=dtype,
-            rngs=rngs,
+            num_classes=num_classes, image_shape=image_shape, width=width, dtype=dtype, rngs=rngs
         )
 
     return build
@@ -365,6 +345,19 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
     "lenet": _plain(LeNet),
 }
 """Registry: `train.names.MODELS` -> builder."""
+
+
+def register_model(name: str, builder: Callable[..., nnx.Module]) -> None:
+    """Adds a model to `MODELS` and its name to `train.names.MODELS` (which `Config` checks).
+
+    `builder(*, num_classes, image_shape, width, dtype, rngs)` returns the module. Registering
+    the same builder twice is a no-op; another builder under a taken name is a `ValueError`.
+    """
+    if MODELS.get(name, builder) is not builder:
+        raise ValueError(f"model {name!r} is already registered")
+    MODELS[name] = builder
+    if name not in names.MODELS:
+        names.MODELS = (*names.MODELS, name)
 
 
 def create_model(
