@@ -429,7 +429,9 @@ def test_interrupt_mid_run_resumes_to_a_consistent_end(tmp_path, compile_cache, 
     deadline = time.monotonic() + 240
     target = workdir / "checkpoints" / "latest" / str(wait_for)
     while not target.is_dir():
-        assert proc.poll() is None, proc.communicate()
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"exited {proc.returncode} early: {err[-3000:]}")
         assert time.monotonic() < deadline
         time.sleep(0.02)
     time.sleep(sleep)
