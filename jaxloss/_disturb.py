@@ -7,6 +7,7 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxloss import _validate
 
@@ -134,7 +135,7 @@ def disturb_values(
     _check_key(key)
     targets = _validate.as_float_array("targets", targets)
     _check_probability("rate", rate, 1.0)
-    if not isinstance(scale, jax.core.Tracer) and float(scale) < 0:
+    if not isinstance(scale, jax.core.Tracer) and float(np.asarray(scale)) < 0:
         raise ValueError(f"scale must be >= 0, got {scale=!r}")
     return _disturb_values(
         key, targets, jnp.asarray(rate, jnp.float32), jnp.asarray(scale, targets.dtype)

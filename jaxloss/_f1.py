@@ -8,7 +8,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from jaxloss import _validate
+from jaxloss import _reduction, _validate
 
 
 def f1_loss(
@@ -100,7 +100,8 @@ def _f1_loss(logits, labels, where, epsilon, *, clamp):
     # gather of N elements and a segment sum), fp and fn follow from the column sums and the class
     # counts. fp = colsum - tp may cancel when almost all of class c's mass is true positives; its
     # absolute error (~ eps * tp) is then far below the epsilon in the denominators.
-    safe = jnp.clip(labels, 0, num_classes - 1)
+    # In-range test in the labels' own dtype (uint8 labels with C = 300 included), see mask_labels.
+    safe, _, out_of_range = _reduction.mask_labels(labels, num_classes, None)
     p_target = jnp.take_along_axis(probs, safe[:, None], axis=-1)[:, 0]
     tp = jax.ops.segment_sum(p_target, safe, num_segments=num_classes)
     count = jax.ops.segment_sum(keep.astype(dtype), safe, num_segments=num_classes)
@@ -112,5 +113,4 @@ def _f1_loss(logits, labels, where, epsilon, *, clamp):
     if clamp:
         f1 = jnp.clip(f1, epsilon, 1 - epsilon)
     loss = 1 - jnp.mean(f1)
-    out_of_range = jnp.any(keep & ((labels < 0) | (labels >= num_classes)))
-    return jnp.where(out_of_range, jnp.nan, loss)
+    return jnp.where(jnp.any(keep & out_of_range), jnp.nan, loss)

@@ -207,12 +207,13 @@ _INTEGER_GAMMAS = (0, 1, 2, 3, 4)  # q**gamma by multiplication: no log(q) neede
 
 
 def _log1p(e):
-    """``log1p(e)`` for ``e`` in [0, 1] from one ``log`` (Kahan's trick, a few ulps): XLA:CPU's
-    ``log1p`` fused after an ``exp`` is about twice the cost of a ``log``.
+    """``log1p(e)`` for ``e`` in [0, 1]: XLA's own ``log1p``, exact to a few ulps.
+
+    Not Kahan's ``log(u) * e / (u - 1)`` with ``u = 1 + e``: under ``jax.jit`` XLA simplifies
+    ``(1 + e) - 1`` to ``e``, which turns it into ``log(1 + e)`` and loses up to 75 % relative accuracy
+    of the loss for ``|z|`` between 8 and 17 (float32).
     """
-    u = 1 + e
-    small = u == 1
-    return jnp.where(small, e, jnp.log(u) * e / jnp.where(small, 1, u - 1))
+    return jnp.log1p(e)
 
 
 def _sigmoid_focal_parts(z, t):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxloss import _validate
+
 
 def mask_labels(
     labels: jax.Array, num_classes: int, ignore_index: int | None
@@ -15,10 +17,21 @@ def mask_labels(
     gathers never clamp or wrap; ``counted`` marks examples that contribute to the loss;
     ``out_of_range`` marks labels that are neither in ``[0, num_classes)`` nor ``ignore_index``.
     """
-    in_range = (labels >= 0) & (labels < num_classes)
-    ignored = (labels == ignore_index) if ignore_index is not None else jnp.zeros_like(in_range)
+    dtype = labels.dtype
+    # Compared in the labels' own dtype, against constants it can hold: `labels < 300` on uint8
+    # would cast 300 to 44 (or raise), `labels == -100` on uint8 would wrap. A C beyond the dtype
+    # bounds nothing; an ignore_index the dtype cannot hold matches nothing.
+    in_range = (
+        labels >= 0 if jnp.issubdtype(dtype, jnp.signedinteger) else jnp.ones(labels.shape, bool)
+    )
+    if _validate.representable(num_classes, dtype):
+        in_range &= labels < jnp.asarray(num_classes, dtype)
+    ignored = jnp.zeros(labels.shape, bool)
+    if ignore_index is not None and _validate.representable(ignore_index, dtype):
+        ignored = labels == jnp.asarray(ignore_index, dtype)
     counted = in_range & ~ignored
-    safe = jnp.where(counted, labels, 0)
+    # Counted labels lie in [0, C), so int32 holds them exactly.
+    safe = jnp.where(counted, labels, jnp.zeros((), dtype)).astype(jnp.int32)
     return safe, counted, ~in_range & ~ignored
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -61,10 +62,11 @@ def cross_entropy(
     num_classes = logits.shape[-1]
     weight = _validate.class_vector("weight", weight, num_classes)
     ignore_index = _validate.check_ignore_index(ignore_index)
-    label_smoothing = _validate.check_real(
+    label_smoothing = _validate.hyperparameter(
         "label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True
     )
-    # The value is traced (a new value does not recompile); only "is there smoothing" is static.
+    # The value is traced (a new value does not recompile); only "is there smoothing" is static,
+    # and a traced value always computes the smoothing term (0 gives exactly cross-entropy).
     reduction = _validate.check_reduction(reduction)
     _validate.check_labels_in_range(labels, num_classes, ignore_index)
     return _cross_entropy(
@@ -72,7 +74,7 @@ def cross_entropy(
         labels,
         weight,
         label_smoothing,
-        smooth=label_smoothing > 0,
+        smooth=_smooth(label_smoothing),
         ignore_index=ignore_index,
         reduction=reduction,
     )
@@ -128,7 +130,7 @@ def label_smoothing_loss(
     """
     if spread not in SPREADS:
         raise ValueError(f"spread must be one of {SPREADS}, got {spread=}")
-    smoothing = _validate.check_real("smoothing", smoothing, low=0.0, high=1.0, high_open=True)
+    smoothing = _validate.hyperparameter("smoothing", smoothing, low=0.0, high=1.0, high_open=True)
     logits, labels = _validate.logits_and_labels(logits, labels)
     num_classes = logits.shape[-1]
     weight = _validate.class_vector("weight", weight, num_classes)
@@ -142,10 +144,15 @@ def label_smoothing_loss(
         labels,
         weight,
         smoothing,
-        smooth=smoothing > 0,
+        smooth=_smooth(smoothing),
         ignore_index=ignore_index,
         reduction=reduction,
     )
+
+
+def _smooth(smoothing: Any) -> bool:
+    """Static: whether the smoothing term is computed (always for a traced value)."""
+    return not _validate.is_concrete(smoothing) or smoothing > 0
 
 
 @functools.partial(jax.jit, static_argnames=("smooth", "ignore_index", "reduction"))

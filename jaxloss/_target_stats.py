@@ -40,6 +40,7 @@ order (the backward is itself differentiable JAX code).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +61,7 @@ def _set_targets(rows: jax.Array, labels: jax.Array, value: jax.Array) -> jax.Ar
     )
 
 
-def _fast_path_limits(dtype, num_classes: int) -> tuple[float, float, float]:
+def _fast_path_limits(dtype: Any, num_classes: int) -> tuple[float, float, float]:
     """``(clamp, lo, hi)``: the exponent clamp and the range of ``s_o`` where the fast path is exact.
 
     ``clamp`` keeps ``C * exp(clamp)`` finite. Any clamped term alone makes ``s_o >= exp(clamp) = hi``.
@@ -178,7 +179,7 @@ def _backward(res, g):
 
 
 @jax.custom_vjp
-def _stats(x: jax.Array, labels: jax.Array, v: jax.Array | None):
+def _stats(x: jax.Array, labels: jax.Array, v: jax.Array | None) -> Any:
     return _forward(x, labels, v)[0]
 
 

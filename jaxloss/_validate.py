@@ -1,14 +1,22 @@
 """Eager argument checks shared by every loss.
 
-Static arguments (reductions, hyper-parameters, shapes, dtypes) are checked before anything is traced
-and raise ``ValueError`` or ``TypeError`` naming the argument and its value. Array *values* can only be
-checked when they are concrete: :func:`check_labels_in_range` raises for concrete out-of-range labels
-and does nothing for tracers (under ``jax.jit`` the losses turn those examples into NaN instead).
+The rule: ``TypeError`` for a value of the wrong kind (a bool or a string where a number is expected,
+a float where an integer is expected, a float array of labels), ``ValueError`` for a value of the
+right kind that is out of range (a negative ``gamma``, ``label_smoothing=1``, a label outside
+``[0, C)``). Every message names the argument and its value.
+
+Static arguments (reductions, hyper-parameters, shapes, dtypes) are checked before anything is traced.
+Array *values* can only be checked when they are concrete: :func:`check_labels_in_range` raises for
+concrete out-of-range labels and does nothing for tracers (under ``jax.jit`` the losses turn those
+examples into NaN instead). Integer labels given as NumPy arrays or Python ints are checked on the
+host *before* they become JAX arrays, so a 64-bit label that JAX would wrap to 32 bits (x64 off)
+raises instead of becoming another class.
 """
 
 from __future__ import annotations
 
 import numbers
+import operator
 from typing import Any
 
 import jax
@@ -36,16 +44,70 @@ def as_float_array(name: str, x: jax.typing.ArrayLike) -> jax.Array:
 
 
 def as_label_array(name: str, x: jax.typing.ArrayLike) -> jax.Array:
+    """An integer ``jax.Array`` of labels in its own dtype; host inputs are checked before conversion.
+
+    With x64 off, ``jnp.asarray`` converts int64/uint64 to int32/uint32 by wrapping (``2**32 + 1``
+    becomes 1): a NumPy or Python label outside the 32-bit range raises ``ValueError`` here instead,
+    since it is out of range for every ``C``.
+    """
+    if not isinstance(x, jax.Array):
+        host = np.asarray(x)
+        if not np.issubdtype(host.dtype, np.integer):
+            raise TypeError(
+                f"{name} must be an integer array of class indices, got dtype {host.dtype}"
+            )
+        narrow = jnp.dtype(jax.dtypes.canonicalize_dtype(host.dtype))
+        if narrow != host.dtype and host.size:
+            info = np.iinfo(narrow)
+            wide = host.astype(object) if host.dtype == np.uint64 else host
+            bad = (wide < info.min) | (wide > info.max)
+            if bad.any():
+                values = np.unique(host[bad])[:5].tolist()
+                raise ValueError(
+                    f"labels must lie in [0, C) (or equal ignore_index), got {int(bad.sum())} "
+                    f"outside the {narrow} range JAX would wrap them to (x64 is off), e.g. {values}"
+                )
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
         raise TypeError(f"{name} must be an integer array of class indices, got dtype {x.dtype}")
     return x
 
 
+def representable(value: int, dtype: Any) -> bool:
+    """Whether the Python int ``value`` is a value of the integer ``dtype``.
+
+    >>> representable(-100, jnp.uint8), representable(255, jnp.uint8)
+    (False, True)
+    """
+    info = np.iinfo(dtype)
+    return int(info.min) <= value <= int(info.max)
+
+
 def check_reduction(reduction: Any) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction=}")
     return reduction
+
+
+def check_int(name: str, value: Any, *, minimum: int) -> int:
+    """A Python or NumPy integer ``>= minimum`` (bools rejected), as a Python ``int``.
+
+    Raises:
+      TypeError: ``value`` is not an integer (``operator.index`` fails) or is a bool.
+      ValueError: ``value < minimum``.
+
+    >>> check_int("steps", 3, minimum=1)
+    3
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {name}={value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {name}={value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
+    return number
 
 
 def check_real(
@@ -55,36 +117,58 @@ def check_real(
     low: float | None = None,
     high: float | None = None,
     high_open: bool = False,
+    low_open: bool = False,
 ) -> float:
-    """A static Python real in ``[low, high]`` (or ``[low, high)`` when ``high_open``)."""
+    """A concrete real in ``[low, high]`` (open ends with ``low_open``/``high_open``) as a float.
+
+    Accepts Python and NumPy real scalars and 0-d real arrays (NumPy or JAX).
+
+    Raises:
+      TypeError: a bool, a string, a complex number or any non-real (or an array that is not 0-d).
+      ValueError: NaN or infinite, or outside the bounds.
+
+    >>> check_real("rate", 0.5, low=0.0, high=1.0)
+    0.5
+    """
+    if isinstance(value, (np.ndarray, jax.Array, np.generic)) and not isinstance(
+        value, jax.core.Tracer
+    ):
+        arr = np.asarray(value)
+        if arr.ndim != 0 or arr.dtype.kind not in "iuf":
+            raise TypeError(f"{name} must be a real number, got {name}={value!r}")
+        value = arr.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a Python real number, got {name}={value!r}")
-    value = float(value)
-    if not np.isfinite(value):
+        raise TypeError(f"{name} must be a real number, got {name}={value!r}")
+    number = float(value)
+    if not np.isfinite(number):
         raise ValueError(f"{name} must be finite, got {name}={value!r}")
-    if low is not None and value < low:
-        raise ValueError(f"{name} must be >= {low}, got {name}={value!r}")
-    if high is not None and (value >= high if high_open else value > high):
+    if low is not None and (number <= low if low_open else number < low):
+        bound = f"> {low}" if low_open else f">= {low}"
+        raise ValueError(f"{name} must be {bound}, got {name}={value!r}")
+    if high is not None and (number >= high if high_open else number > high):
         bound = f"< {high}" if high_open else f"<= {high}"
         raise ValueError(f"{name} must be {bound}, got {name}={value!r}")
-    return value
+    return number
 
 
 def hyperparameter(
-    name: str, value: Any, *, low: float | None = None, high: float | None = None
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    high_open: bool = False,
 ) -> Any:
     """A scalar hyper-parameter that is traced, not static: a Python real is range-checked and kept,
-    a concrete 0-d array is checked too, a tracer passes through unchecked.
+    a concrete 0-d array is checked too (and returned as a float), a tracer passes through unchecked.
     """
     if isinstance(value, jax.core.Tracer):
         if value.ndim != 0:
             raise ValueError(f"{name} must be a scalar, got {name}.shape={value.shape}")
         return value
-    if isinstance(value, (np.ndarray, jax.Array)):
-        if value.ndim != 0:
-            raise ValueError(f"{name} must be a scalar, got {name}.shape={value.shape}")
-        value = value.item()
-    return check_real(name, value, low=low, high=high)
+    if isinstance(value, (np.ndarray, jax.Array)) and value.ndim != 0:
+        raise ValueError(f"{name} must be a scalar, got {name}.shape={value.shape}")
+    return check_real(name, value, low=low, high=high, high_open=high_open)
 
 
 def check_ignore_index(ignore_index: Any) -> int | None:
@@ -146,14 +230,19 @@ def check_labels_in_range(
 ) -> None:
     """Raises ``ValueError`` for concrete labels outside ``[0, num_classes)`` (``ignore_index`` allowed).
 
-    Tracers are not checked: the losses give NaN for those examples instead (see each docstring).
+    Compared as Python-exact integers whatever the label dtype (``uint8`` labels and ``C = 300``,
+    ``int8`` and ``ignore_index=-100`` included); an ``ignore_index`` that the dtype cannot hold
+    matches nothing. Tracers are not checked: the losses give NaN for those examples instead.
     """
     if not is_concrete(labels):
         return
     host = np.asarray(labels)
-    bad = (host < 0) | (host >= num_classes)
-    if ignore_index is not None:
-        bad &= host != ignore_index
+    wide = host.astype(np.uint64 if host.dtype.kind == "u" else np.int64)
+    bad = wide >= np.array(num_classes, wide.dtype)
+    if host.dtype.kind != "u":
+        bad |= wide < 0
+    if ignore_index is not None and representable(ignore_index, host.dtype):
+        bad &= wide != np.array(ignore_index, wide.dtype)
     if bad.any():
         values = np.unique(host[bad])[:5].tolist()
         raise ValueError(
