@@ -1,8 +1,9 @@
 """Eager argument checks shared by every loss.
 
-The rule: ``TypeError`` for a value of the wrong kind (a bool or a string where a number is expected,
-a float where an integer is expected, a float array of labels), ``ValueError`` for a value of the
-right kind that is out of range (a negative ``gamma``, ``label_smoothing=1``, a label outside
+The rule, for jaxloss and the trainer alike (``train`` imports these checks): ``TypeError`` for a
+value of the wrong kind (a bool or a string where a number is expected, a float where an integer is
+expected, a float array of labels; the scalar checks raise ``ArgumentTypeError``, which is also a
+``ValueError``), ``ValueError`` for a value of the right kind that is out of range (a negative ``gamma``, ``label_smoothing=1``, a label outside
 ``[0, C)``). Every message names the argument and its value.
 
 Static arguments (reductions, hyper-parameters, shapes, dtypes) are checked before anything is traced.
@@ -89,25 +90,47 @@ def check_reduction(reduction: Any) -> str:
     return reduction
 
 
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong kind: a ``TypeError`` that ``except ValueError`` also catches.
+
+    So a caller that treats every bad argument alike (the trainer's CLI, ``Config``) needs one
+    ``except ValueError``, while the kind of the mistake stays visible.
+    """
+
+
 def check_int(name: str, value: Any, *, minimum: int) -> int:
     """A Python or NumPy integer ``>= minimum`` (bools rejected), as a Python ``int``.
 
     Raises:
-      TypeError: ``value`` is not an integer (``operator.index`` fails) or is a bool.
+      ArgumentTypeError: ``value`` is not an integer (``operator.index`` fails) or is a bool.
       ValueError: ``value < minimum``.
 
     >>> check_int("steps", 3, minimum=1)
     3
+    >>> check_int("epochs", 0, minimum=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: epochs must be an integer >= 1, got epochs=0
     """
     if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an integer, got {name}={value!r}")
+        raise ArgumentTypeError(f"{name} must be an integer, got {name}={value!r}")
     try:
         number = operator.index(value)
     except TypeError:
-        raise TypeError(f"{name} must be an integer, got {name}={value!r}") from None
+        raise ArgumentTypeError(f"{name} must be an integer, got {name}={value!r}") from None
     if number < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
     return number
+
+
+def _bound(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if low is not None:
+        return f" {'>' if low_open else '>='} {low}"
+    if high is not None:
+        return f" {'<' if high_open else '<='} {high}"
+    return ""
 
 
 def check_real(
@@ -121,34 +144,48 @@ def check_real(
 ) -> float:
     """A concrete real in ``[low, high]`` (open ends with ``low_open``/``high_open``) as a float.
 
-    Accepts Python and NumPy real scalars and 0-d real arrays (NumPy or JAX).
+    Accepts Python and NumPy real scalars and 0-d real arrays (NumPy or JAX). Every value error
+    reads ``"{name} must be a finite number {bound}, got {name}={value!r}"``.
 
     Raises:
-      TypeError: a bool, a string, a complex number or any non-real (or an array that is not 0-d).
+      ArgumentTypeError: a bool, a string, a complex number or any non-real (or an array that is
+        not 0-d).
       ValueError: NaN or infinite, or outside the bounds.
 
     >>> check_real("rate", 0.5, low=0.0, high=1.0)
     0.5
+    >>> check_real("lr", -1.0, low=0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: lr must be a finite number >= 0.0, got lr=-1.0
     """
     if isinstance(value, (np.ndarray, jax.Array, np.generic)) and not isinstance(
         value, jax.core.Tracer
     ):
         arr = np.asarray(value)
         if arr.ndim != 0 or arr.dtype.kind not in "iuf":
-            raise TypeError(f"{name} must be a real number, got {name}={value!r}")
+            raise ArgumentTypeError(f"{name} must be a real number, got {name}={value!r}")
         value = arr.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {name}={value!r}")
+        raise ArgumentTypeError(f"{name} must be a real number, got {name}={value!r}")
     number = float(value)
-    if not np.isfinite(number):
-        raise ValueError(f"{name} must be finite, got {name}={value!r}")
-    if low is not None and (number <= low if low_open else number < low):
-        bound = f"> {low}" if low_open else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {name}={value!r}")
-    if high is not None and (number >= high if high_open else number > high):
-        bound = f"< {high}" if high_open else f"<= {high}"
-        raise ValueError(f"{name} must be {bound}, got {name}={value!r}")
+    below = low is not None and (number <= low if low_open else number < low)
+    above = high is not None and (number >= high if high_open else number > high)
+    if not np.isfinite(number) or below or above:
+        bound = _bound(low, high, low_open, high_open)
+        raise ValueError(f"{name} must be a finite number{bound}, got {name}={value!r}")
     return number
+
+
+def check_choice(name: str, value: Any, choices: Any) -> Any:
+    """``value`` if it is one of ``choices``, else ``ValueError`` listing them.
+
+    >>> check_choice("mode", "max", ("min", "max"))
+    'max'
+    """
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {name}={value!r}")
+    return value
 
 
 def hyperparameter(

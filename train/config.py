@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from jaxloss._validate import ArgumentTypeError, check_choice, check_int, check_real
 from train import names
-from train._checks import ArgumentTypeError, check_choice, check_int, check_real
 
 __all__ = ["Config"]
 
@@ -83,7 +83,7 @@ class Config:
     plot: bool = True
 
     def __post_init__(self) -> None:
-        """Checks every limit a component enforces, with that component's message (`_checks`)."""
+        """Checks every limit a component enforces, with that component's message (`jaxloss._validate`)."""
         for name in ("lr", "momentum", "weight_decay", "eta_min", "plateau_min_lr"):
             check_real(name, getattr(self, name), low=0.0)
         check_real("gamma", self.gamma, low=0.0, low_open=True)

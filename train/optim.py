@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import optax
 from optax import tree_utils as otu
 
-from train._checks import check_int, check_real
+from jaxloss._validate import check_int, check_real
 
 __all__ = [
     "OPTIMIZERS",

@@ -17,7 +17,7 @@ import dataclasses
 import math
 from typing import Literal, NamedTuple
 
-from train._checks import check_int, check_real
+from jaxloss._validate import check_int, check_real
 
 __all__ = ["PlateauState", "ReduceLROnPlateau", "reduce_lr_on_plateau"]
 

@@ -31,7 +31,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from train._checks import check_int, check_real
+from jaxloss._validate import check_int, check_real
 from train.plateau import PlateauState, ReduceLROnPlateau, reduce_lr_on_plateau
 
 __all__ = [

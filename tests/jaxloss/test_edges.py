@@ -361,6 +361,8 @@ def test_check_int_and_check_real_follow_the_type_value_rule():
     for bad in (True, 2.0, "3", None):
         with pytest.raises(TypeError, match="n must be an integer"):
             _validate.check_int("n", bad, minimum=1)
+        with pytest.raises(ValueError, match="n must be an integer"):  # ArgumentTypeError is both
+            _validate.check_int("n", bad, minimum=1)
     with pytest.raises(ValueError) as info:
         _validate.check_int("n", 0, minimum=1)
     assert str(info.value) == "n must be an integer >= 1, got n=0"
@@ -371,11 +373,16 @@ def test_check_int_and_check_real_follow_the_type_value_rule():
         with pytest.raises(TypeError, match="r must be a real number"):
             _validate.check_real("r", bad)
     cases = [
-        (dict(low=0.0), -1.0, "r must be >= 0.0, got r=-1.0"),
-        (dict(low=0.0, low_open=True), 0.0, "r must be > 0.0, got r=0.0"),
-        (dict(high=1.0), 2.0, "r must be <= 1.0, got r=2.0"),
-        (dict(high=1.0, high_open=True), 1.0, "r must be < 1.0, got r=1.0"),
-        ({}, float("inf"), "r must be finite, got r=inf"),
+        (dict(low=0.0), -1.0, "r must be a finite number >= 0.0, got r=-1.0"),
+        (dict(low=0.0, low_open=True), 0.0, "r must be a finite number > 0.0, got r=0.0"),
+        (dict(high=1.0), 2.0, "r must be a finite number <= 1.0, got r=2.0"),
+        (dict(high=1.0, high_open=True), 1.0, "r must be a finite number < 1.0, got r=1.0"),
+        (
+            dict(low=0.0, high=1.0, high_open=True),
+            1.0,
+            "r must be a finite number in [0.0, 1.0), got r=1.0",
+        ),
+        ({}, float("inf"), "r must be a finite number, got r=inf"),
     ]
     for kwargs, value, message in cases:
         with pytest.raises(ValueError) as info:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from train._checks import check_int, check_real
+from jaxloss._validate import check_int, check_real
 from train.data.errors import DataError
 
 if TYPE_CHECKING:

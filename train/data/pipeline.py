@@ -30,7 +30,7 @@ import grain
 import numpy as np
 from PIL import Image  # noqa: F401  (used by the doctests)
 
-from train._checks import check_int
+from jaxloss._validate import check_int
 from train.data.augment import resize_images
 from train.data.catalog import ArrayDataset
 from train.data.errors import DataError
