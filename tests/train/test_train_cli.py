@@ -203,3 +203,39 @@ def test_cli_choices_match_the_registries():
     from train import optim
 
     assert set(names.OPTIMIZERS) == set(optim.OPTIMIZERS)
+
+
+def test_help_shows_each_default_once_and_none_for_switches(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "(default: True)" not in out and "(default: False)" not in out
+    blocks = [" ".join(block.split()) for block in out.split("\n  --")]
+    twice = [
+        b for b in blocks if "(default: " in b and ("(default " in b or b.count("(default:") > 1)
+    ]
+    assert not twice, twice  # e.g. "(default 0.2) (default: None)"
+    assert "--eval-batch-size EVAL_BATCH_SIZE default: --batch-size" in " ".join(out.split())
+    assert "--no-plot do not write curves.png" in " ".join(out.split())
+
+
+def test_a_core_only_install_says_which_extra_to_install(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_missing_train_extra", lambda: ["flax", "optax"])
+    assert cli.main(["--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "error: the trainer needs the [train] extra (missing: flax, optax): "
+        "pip install 'jaxloss[train]'\n"
+    )
+
+
+def test_preparing_the_digits_says_one_true_line(tmp_path, capfd):
+    from train.data.digits import prepare_digits
+
+    prepare_digits(tmp_path)
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert err.startswith("preparing the embedded digits dataset once in ") and err.count("\n") == 1
+    assert "Download" not in err and "WARNING" not in err
+    prepare_digits(tmp_path)  # prepared: silent
+    assert capfd.readouterr() == ("", "")
