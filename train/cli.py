@@ -17,15 +17,48 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from train.config import Config
-from train.flags import PROG as _PROG
-from train.flags import build_parser, config_from_flags, explicit_flags, parse_flags
+from train.names import COMMAND as _PROG
+
+if TYPE_CHECKING:
+    from train.config import Config
 
 __all__ = ["build_parser", "config_from_flags", "explicit_flags", "main", "parse_flags"]
 
+# This module imports nothing heavy at the top (jax comes with train.config and train.flags), so
+# `main` installs its Ctrl-C handler within milliseconds of start-up: a SIGINT that arrived
+# while jax was importing used to be swallowed by one of jax's gc callbacks, and the run went on.
 _TRAIN_EXTRA = ("flax", "optax", "orbax.checkpoint", "tensorflow_datasets", "grain", "tqdm")
+_RUN: dict[str, str | None] = {"workdir": None}  # what the Ctrl-C handler reports
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`train.flags.build_parser` (imported on first use)."""
+    from train import flags
+
+    return flags.build_parser()
+
+
+def parse_flags(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """`train.flags.parse_flags` (imported on first use)."""
+    from train import flags
+
+    return flags.parse_flags(argv)
+
+
+def config_from_flags(args: argparse.Namespace) -> Config:
+    """`train.flags.config_from_flags` (imported on first use)."""
+    from train import flags
+
+    return flags.config_from_flags(args)
+
+
+def explicit_flags(argv: Sequence[str] | None) -> dict[str, Any]:
+    """`train.flags.explicit_flags` (imported on first use)."""
+    from train import flags
+
+    return flags.explicit_flags(argv)
 
 
 def _resume_config(argv: Sequence[str] | None, args: argparse.Namespace) -> Config:
@@ -67,33 +100,30 @@ def _error_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def _on_interrupt(workdir: str | None) -> None:
+def _on_interrupt(signum: int, frame: Any) -> None:
     """SIGINT: say how to continue and leave at once (exit 130).
 
     `os._exit` skips interpreter teardown, which can crash while XLA is compiling in another
     thread; what is on disk is as safe as after a kill: checkpoints and metrics.jsonl are
     written atomically, so the last committed epoch is intact.
     """
-
-    def handler(signum: int, frame: Any) -> None:
-        latest = os.path.join(workdir or "", "checkpoints", "latest")
-        done = (
-            workdir is not None
-            and os.path.isdir(latest)
-            and any(name.isdigit() for name in os.listdir(latest))
-        )
-        if done:
-            message = f"interrupted; continue with: {_PROG} --workdir {workdir} --resume"
-        else:
-            message = "interrupted before the first epoch was saved; nothing to resume"
-        try:
-            sys.stdout.flush()
-            sys.stderr.write(message + "\n")
-            sys.stderr.flush()
-        finally:
-            os._exit(130)
-
-    signal.signal(signal.SIGINT, handler)
+    workdir = _RUN["workdir"]
+    latest = os.path.join(workdir or "", "checkpoints", "latest")
+    done = (
+        workdir is not None
+        and os.path.isdir(latest)
+        and any(name.isdigit() for name in os.listdir(latest))
+    )
+    if done:
+        message = f"interrupted; continue with: {_PROG} --workdir {workdir} --resume"
+    else:
+        message = "interrupted before the first epoch was saved; nothing to resume"
+    try:
+        sys.stdout.flush()
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(130)
 
 
 def _missing_train_extra() -> list[str]:
@@ -102,10 +132,15 @@ def _missing_train_extra() -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command; returns the exit status (0, 1 for an error, 2 for a bad flag)."""
-    args = parse_flags(argv)
-    workdir = args.workdir
+    handle = threading_main()  # only the main thread may set signal handlers
     previous = signal.getsignal(signal.SIGINT)
+    if handle:
+        _RUN["workdir"] = None
+        signal.signal(signal.SIGINT, _on_interrupt)
+    workdir = None
     try:
+        args = parse_flags(argv)
+        workdir = args.workdir
         missing = _missing_train_extra()
         if missing:
             raise ValueError(
@@ -116,8 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if workdir is None:
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
             workdir = os.path.join("runs", f"{stamp}_{config.dataset}_{config.model}")
-        if threading_main():
-            _on_interrupt(workdir)
+        _RUN["workdir"] = workdir
         from train import loop, runtime  # heavy imports once the flags are known to be good
 
         if args.malloc == "tuned":
@@ -132,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {_error_line(e)}", file=sys.stderr)
         return 1
     finally:
-        if threading_main():
+        if handle:
             signal.signal(signal.SIGINT, previous)
     if "val_accuracy" in summary:
         print(

@@ -83,7 +83,7 @@ class Config:
     plot: bool = True
 
     def __post_init__(self) -> None:
-        """Checks every limit a component enforces, with that component's message (`jaxloss._validate`)."""
+        """Checks every limit a component enforces, with its message (`jaxloss._validate`)."""
         for name in ("lr", "momentum", "weight_decay", "eta_min", "plateau_min_lr"):
             check_real(name, getattr(self, name), low=0.0)
         check_real("gamma", self.gamma, low=0.0, low_open=True)

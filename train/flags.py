@@ -17,7 +17,7 @@ from train.presets import PRESETS
 
 __all__ = ["PROG", "build_parser", "config_from_flags", "explicit_flags", "parse_flags"]
 
-PROG = "jaxloss-train"
+PROG = names.COMMAND
 DESCRIPTION = (
     "Trains a Flax ResNet with jaxloss losses and PyTorch-exact schedules and optimisers; "
     "--workdir W --resume continues the run W/config.json describes."

@@ -161,7 +161,7 @@ def _initialize(config, workdir, data, ckpt, log) -> tuple[Config, step.TrainSta
         )
 
     saved = os.path.join(workdir, "config.json")
-    if ckpt.latest_step() is not None or (config.resume and os.path.exists(saved)):
+    if ckpt.latest_step() is not None or os.path.exists(saved):  # the workdir holds a run
         if not config.resume:
             raise run_dir.WorkdirError(
                 f"{workdir} already holds a run: pass --resume to continue it or choose another "

@@ -8,6 +8,7 @@ that each registry covers exactly its names.
 from __future__ import annotations
 
 __all__ = [
+    "COMMAND",
     "DTYPES",
     "LOSSES",
     "MODELS",
@@ -17,6 +18,9 @@ __all__ = [
     "SCHEDULES",
     "SMOOTHING_SPREADS",
 ]
+
+COMMAND = "jaxloss-train"
+"""The trainer's console script (`train.cli.main`)."""
 
 RESNET_DEPTHS: dict[str, tuple[int, int, int, int]] = {
     "resnet18": (2, 2, 2, 2),
