@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jaxloss import _reduction, _validate
+from jaxloss._stable import sigmoid, softplus
 from jaxloss._target_stats import log_probs, target_stats
 
 
@@ -30,14 +33,15 @@ def focal_loss(
        \ell_i = -\alpha_{y_i}\, w_{y_i}\, (1 - p_{i,y_i})^\gamma \log p_{i,y_i},
        \qquad p_i = \operatorname{softmax}(z_i)
 
-    ``"mean"`` divides the sum by :math:`\sum_i w_{y_i}` over counted examples when ``weight`` is given
-    (torch NLL semantics, seed 001), else by the number of counted examples; ``alpha`` never enters the
-    denominator (plain mean, seeds 000 and 003).
+    ``"mean"`` divides the sum by :math:`\sum_i w_{y_i}` over counted examples when ``weight`` is
+    given (torch NLL semantics, seed 001), else by the number of counted examples; ``alpha`` never
+    enters the denominator (plain mean, seeds 000 and 003).
 
     Numerics: :math:`\log p_t` and :math:`\log(1 - p_t)` are computed from the target logit and the
-    log-sum-exp of the *other* logits, so both are exact at saturation, the loss is computed in float32
-    (float64 for float64 input) and the gradient is finite for every finite input and every
-    ``gamma >= 0``, including ``0 < gamma < 1`` where the references' gradient is NaN at ``p_t = 1``.
+    log-sum-exp of the *other* logits, so both are exact at saturation, the loss is computed in
+    float32 (float64 for float64 input) and the gradient is finite for every finite input and every
+    ``gamma >= 0``, including ``0 < gamma < 1`` where the references' gradient is NaN at ``p_t =
+    1``.
 
     Args:
       logits: float array of shape ``(..., C)``, ``C >= 2``; unnormalised scores, or probabilities
@@ -58,8 +62,8 @@ def focal_loss(
       A scalar (``"mean"``, ``"sum"``) or an array of shape ``(...)`` (``"none"``), float32 for
       float32/bf16/fp16 logits, float64 for float64 logits.
 
-    Out-of-range labels raise ``ValueError`` when ``labels`` is concrete; under ``jax.jit`` each such
-    example's loss is NaN (so a reduced loss is NaN), never a silently wrapped class.
+    Out-of-range labels raise ``ValueError`` when ``labels`` is concrete; under ``jax.jit`` each
+    such example's loss is NaN (so a reduced loss is NaN), never a silently wrapped class.
 
     References:
       Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017. Mirrors ``FocalLoss`` of seeds
@@ -112,8 +116,8 @@ def _focal_loss(logits, labels, gamma, alpha, weight, *, ignore_index, reduction
         log_pt = jnp.log(jnp.maximum(p_t, jnp.finfo(dtype).tiny))
         one_minus = 1 - p_t
         positive = one_minus > 0
-        # Double `where`: the gradient of (1 - p)**gamma at 1 - p = 0 is inf for gamma < 1; use 0 there.
-        # 0**0 = 1 (torch's pow), so gamma = 0 is plain cross-entropy even at p_t = 1.
+        # Double `where`: the gradient of (1 - p)**gamma at 1 - p = 0 is inf for gamma < 1; use 0
+        # there. 0**0 = 1 (torch's pow), so gamma = 0 is plain cross-entropy even at p_t = 1.
         modulator = jnp.where(
             positive, jnp.where(positive, one_minus, 1) ** gamma, jnp.where(gamma == 0, 1.0, 0.0)
         )
@@ -147,26 +151,28 @@ def sigmoid_focal_loss(
     ``"mean"`` averages over all elements, as torchvision does.
 
     Numerics: BCE is ``t * softplus(-z) + (1 - t) * softplus(z)``; :math:`\log(1 - p_t)` is computed
-    directly from :math:`t\,\sigma(-z) + (1 - t)\,\sigma(z)` (no cancellation for ``t`` in [0, 1]) and,
-    where that underflows, in log space, so the loss and its gradient with respect to ``logits`` are
-    finite for every finite input and every ``gamma >= 0``. Computed in float32 (float64 for float64
-    input).
+    directly from :math:`t\,\sigma(-z) + (1 - t)\,\sigma(z)` (no cancellation for ``t`` in [0, 1])
+    and, where that underflows, in log space, so the loss and its gradient with respect to
+    ``logits`` are finite for every finite input and every ``gamma >= 0``. Computed in float32
+    (float64 for float64 input).
 
     Args:
       logits: float array of any shape ``(...)`` (at least 1-D), e.g. ``(N,)`` or ``(N, C)``.
-      targets: array of the same shape with values in [0, 1] (hard or soft); ints and bools are cast.
-        Concrete targets outside [0, 1] raise ``ValueError``; under ``jax.jit`` they give NaN.
+      targets: array of the same shape with values in [0, 1] (hard or soft); ints and bools are
+        cast. Concrete targets outside [0, 1] raise ``ValueError``; under ``jax.jit`` they give NaN.
       gamma: focusing parameter ``>= 0``, a Python float or a traced scalar.
       alpha: balancing weight of the positive class in [0, 1], or any negative value to disable; a
         Python float (its sign is static) or a traced scalar in [0, 1].
       reduction: ``"mean"``, ``"sum"`` or ``"none"`` (elementwise losses of shape ``(...)``).
 
     Returns:
-      A scalar, or an array of ``logits.shape`` for ``"none"``; float32 (float64 for float64 logits).
+      A scalar, or an array of ``logits.shape`` for ``"none"``; float32 (float64 for float64
+      logits).
 
     References:
-      Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017; ``torchvision.ops.sigmoid_focal_loss``.
-      Replaces the binary branch of seed ``003_2cd919201b34d348.txt``, which ignores the target.
+      Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017;
+      ``torchvision.ops.sigmoid_focal_loss``. Replaces the binary branch of seed
+      ``003_2cd919201b34d348.txt``, which ignores the target.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -210,8 +216,8 @@ def _log1p(e):
     """``log1p(e)`` for ``e`` in [0, 1]: XLA's own ``log1p``, exact to a few ulps.
 
     Not Kahan's ``log(u) * e / (u - 1)`` with ``u = 1 + e``: under ``jax.jit`` XLA simplifies
-    ``(1 + e) - 1`` to ``e``, which turns it into ``log(1 + e)`` and loses up to 75 % relative accuracy
-    of the loss for ``|z|`` between 8 and 17 (float32).
+    ``(1 + e) - 1`` to ``e``, which turns it into ``log(1 + e)`` and loses up to 75 % relative
+    accuracy of the loss for ``|z|`` between 8 and 17 (float32).
     """
     return jnp.log1p(e)
 
@@ -228,8 +234,8 @@ def _sigmoid_focal_parts(z, t):
     ``A`` can only leave the normal range when ``a > 43`` (``c0`` is 0 or at least ``6e-8`` for
     ``z >= 0``, ``c0 = t`` for ``z < 0``); there the same ``exp`` is taken with the exponent shifted
     by ``log(2**100)`` and ``A * 2**100`` is formed instead (exact: a power of two); ``c0 == 0``
-    (``pure``) means ``A = e`` exactly. One ``exp`` and one ``log`` (in ``_log1p``) cover every case.
-    Branches select on ``z >= 0`` and on ``a``, never through ``abs``.
+    (``pure``) means ``A = e`` exactly. One ``exp`` and one ``log`` (in ``_log1p``) cover every
+    case. Branches select on ``z >= 0`` and on ``a``, never through ``abs``.
     """
     nonneg = z >= 0
     a = jnp.where(nonneg, z, -z)
@@ -237,7 +243,7 @@ def _sigmoid_focal_parts(z, t):
     log_scale = jnp.where(big, _LOG_SCALE, 0.0).astype(z.dtype)
     e_scaled = jnp.exp(log_scale - a)  # exp(-a) * 2**100 where big
     e = jnp.where(big, e_scaled * 2.0**-100, e_scaled)
-    l = _log1p(e)
+    log1p_e = _log1p(e)
     r = 1 / (1 + e)
     c0 = jnp.where(nonneg, 1 - t, t)
     pure = big & (c0 == 0)
@@ -247,12 +253,12 @@ def _sigmoid_focal_parts(z, t):
         a=a,
         e=e,
         r=r,
-        l=l,
+        l=log1p_e,
         c0=c0,
         pure=pure,
         a_scaled=a_scaled,
         log_scale=log_scale,
-        bce=l + jnp.where(nonneg, (1 - t) * a, t * a),
+        bce=log1p_e + jnp.where(nonneg, (1 - t) * a, t * a),
         ratio=jnp.where(pure, r, r * e_scaled / a_scaled),
     )  # p (1 - p) / q
 
@@ -281,8 +287,9 @@ def _balance(t, alpha, balance):
 
 
 def _loss_and_dz(z, t, gamma, alpha, balance, power):
-    """Elementwise loss and its exact derivative in ``z``, with ``Q = q**gamma``, ``w = alpha_t``:
+    """Elementwise loss and its exact derivative in ``z``.
 
+    With ``Q = q**gamma`` and ``w = alpha_t``:
     ``d/dz = w Q ((p - t) + gamma BCE (1 - 2t) p (1 - p) / q)``, ``p - t = +-(c0 - e r)``.
     ``power`` is a static integer equal to ``gamma`` (``Q`` by multiplication, ``q = A r`` may
     underflow only where ``Q`` does) or ``None`` (``Q = exp(gamma log q)``, one more ``log``).
@@ -311,6 +318,241 @@ def _loss_and_dz_any_gamma(z, t, gamma, alpha, balance):
     )
 
 
+# ----------------------------------------------------------- second and higher derivatives in z
+#
+# With s = sigmoid(z), sb = sigmoid(-z), q = 1 - p_t = t sb + (1 - t) s, Q = q**gamma, L = log q,
+# B = BCE = t softplus(-z) + (1 - t) softplus(z) and B' = (1 - t) s - t sb, the loss is w Q B and
+#
+#   rho = s sb / q                  in [0, 2]        rho' = rho v
+#   u   = q' / q = (1 - 2t) rho     in [-2, 2]       Q' = gamma u Q,  L' = u
+#   v   = (t sb**2 - (1 - t) s**2) / q   in [-1, 1]  v' = -2 s sb - u v
+#   k   = B' / q                    in [-1, 1]       k' = rho - k u
+#   y   = B / q                     in [0, 2 |z| + 2]   y' = k - y u
+#
+# plus s' = s sb, sb' = -s sb (jaxloss._stable). So every derivative in z of every order of the loss
+# and of its first derivatives (in z, t, gamma, alpha) is w Q times a polynomial in bounded terms:
+# no division, no q**(gamma - 1), nothing that overflows or cancels to 0 * inf while the true value
+# is finite. Each of rho, v, k, y, L, Q below is a custom_jvp function whose value comes from the
+# exact pieces of _sigmoid_focal_parts and whose derivative in z is the product above. The loss, its
+# d/dz and its other first derivatives keep their fused first-order formulas as values (so first-
+# order results are unchanged) and take their derivatives in z from the same formulas written with
+# these functions (_smooth_*). Derivatives in t, gamma or alpha of those first derivatives (mixed
+# second order) are plain autodiff of the first-order formulas, as before; they may overflow where
+# 1 - p_t underflows.
+
+
+def _is_zero(tangent):
+    return isinstance(tangent, SymbolicZero)
+
+
+def _zeros_for(tangent, primal):
+    return jnp.zeros_like(primal) if _is_zero(tangent) else tangent
+
+
+def _c0_over_a(parts):
+    """``c0 / A`` (0 where ``pure``: ``c0 = 0``), in [0, 1]."""
+    scale = jnp.where(parts["log_scale"] > 0, 2.0**100, 1.0)
+    return jnp.where(parts["pure"], 0.0, parts["c0"] * scale / parts["a_scaled"])
+
+
+def _plain(z, t):
+    """``(s, sb, q, B)`` by the textbook formulas (for derivatives in ``t`` only)."""
+    s, sb = sigmoid(z), sigmoid(-z)
+    return s, sb, t * sb + (1 - t) * s, t * softplus(-z) + (1 - t) * softplus(z)
+
+
+def _primitive(value: Any, z_derivative: Any, plain: Any) -> Any:
+    """A ``custom_jvp`` function of ``(z, t)`` with the value ``value(parts)``.
+
+    Its derivative is ``z_derivative(z, t)`` in ``z`` and autodiff of ``plain(z, t)`` in ``t``
+    (symbolic zeros skip what is not asked for).
+    """
+
+    @jax.custom_jvp
+    def f(z, t):
+        return value(_sigmoid_focal_parts(z, t))
+
+    def f_jvp(primals, tangents):
+        z, t = primals
+        dz, dt = tangents
+        out = f(z, t)
+        tangent = jnp.zeros_like(out)
+        if not _is_zero(dz):
+            tangent = tangent + z_derivative(z, t) * dz
+        if not _is_zero(dt):
+            tangent = tangent + jax.jvp(lambda t_: plain(z, t_), (t,), (dt,))[1]
+        return out, tangent
+
+    f.defjvp(f_jvp, symbolic_zeros=True)
+    return f
+
+
+def _rho_value(parts):
+    return parts["ratio"]
+
+
+def _v_value(parts):
+    v = (1 - parts["c0"]) * parts["e"] * parts["ratio"] - parts["r"] * _c0_over_a(parts)
+    return jnp.where(parts["nonneg"], v, -v)  # +-(c1 e^2 - c0) r / A
+
+
+def _k_value(parts):
+    k = _c0_over_a(parts) - (1 - parts["c0"]) * parts["ratio"] / parts["r"]
+    return jnp.where(parts["nonneg"], k, -k)  # +-(c0 - c1 e) / A
+
+
+def _u(z, t):
+    return (1 - 2 * t) * _rho(z, t)
+
+
+def _plain_rho(z, t):
+    s, sb, q, _ = _plain(z, t)
+    return s * sb / q
+
+
+def _plain_v(z, t):
+    s, sb, q, _ = _plain(z, t)
+    return (t * sb**2 - (1 - t) * s**2) / q
+
+
+def _plain_k(z, t):
+    s, sb, q, _ = _plain(z, t)
+    return ((1 - t) * s - t * sb) / q
+
+
+def _plain_y(z, t):
+    _, _, q, bce = _plain(z, t)
+    return bce / q
+
+
+_rho: Any
+_v: Any
+_k: Any
+_y: Any
+_rho = _primitive(_rho_value, lambda z, t: _rho(z, t) * _v(z, t), _plain_rho)
+_v = _primitive(
+    _v_value, lambda z, t: -2 * sigmoid(z) * sigmoid(-z) - _u(z, t) * _v(z, t), _plain_v
+)
+_k = _primitive(_k_value, lambda z, t: _rho(z, t) - _k(z, t) * _u(z, t), _plain_k)
+_y = _primitive(_bce_over_q, lambda z, t: _k(z, t) - _y(z, t) * _u(z, t), _plain_y)
+_log_q_smooth = _primitive(_log_q, _u, lambda z, t: jnp.log(_plain(z, t)[2]))
+
+
+@jax.custom_jvp
+def _q_pow(z, t, gamma):
+    """``Q = q**gamma = exp(gamma log q)`` with the exact ``log q`` (``gamma = 0``: exactly 1)."""
+    return jnp.exp(gamma * _log_q(_sigmoid_focal_parts(z, t)))
+
+
+def _q_pow_jvp(primals, tangents):
+    z, t, gamma = primals
+    dz, dt, dgamma = tangents
+    q_gamma = _q_pow(z, t, gamma)
+    tangent = jnp.zeros_like(q_gamma)
+    if not _is_zero(dz):
+        tangent = tangent + gamma * _u(z, t) * q_gamma * dz
+    if not _is_zero(dgamma):
+        tangent = tangent + q_gamma * _log_q_smooth(z, t) * dgamma
+    if not _is_zero(dt):
+        tangent = tangent + jax.jvp(lambda t_: _plain(z, t_)[2] ** gamma, (t,), (dt,))[1]
+    return q_gamma, tangent
+
+
+_q_pow.defjvp(_q_pow_jvp, symbolic_zeros=True)
+
+
+def _smooth_parts(z, t, gamma, alpha, balance):
+    bce = t * softplus(-z) + (1 - t) * softplus(z)
+    return bce, _q_pow(z, t, gamma), _balance(t, alpha, balance)
+
+
+def _smooth_loss(z, t, gamma, alpha, balance):
+    bce, q_gamma, w = _smooth_parts(z, t, gamma, alpha, balance)
+    return w * q_gamma * bce
+
+
+def _smooth_dz(z, t, gamma, alpha, balance):
+    """``d/dz = w Q (gamma u B + B')``."""
+    bce, q_gamma, w = _smooth_parts(z, t, gamma, alpha, balance)
+    d_bce = (1 - t) * sigmoid(z) - t * sigmoid(-z)
+    return w * q_gamma * (gamma * _u(z, t) * bce + d_bce)
+
+
+def _smooth_others(z, t, gamma, alpha, balance):
+    """Elementwise ``(d/dt, d/dgamma, d/dalpha)`` in product form.
+
+    ``w Q (-z + gamma (sb - s) y) [+ (2 alpha - 1) B Q]``, ``w B Q L`` and ``B Q (2t - 1)``.
+    """
+    bce, q_gamma, w = _smooth_parts(z, t, gamma, alpha, balance)
+    one_minus_2p = sigmoid(-z) - sigmoid(z)
+    d_t = w * q_gamma * (-z + gamma * one_minus_2p * _y(z, t))
+    d_alpha = jnp.zeros_like(z)
+    if balance:
+        d_t = d_t + (2 * alpha - 1) * bce * q_gamma
+        d_alpha = bce * q_gamma * (2 * t - 1)
+    return d_t, w * bce * q_gamma * _log_q_smooth(z, t), d_alpha
+
+
+def _fused_others(z, t, gamma, alpha, balance):
+    """The fused first-order ``(d/dt, d/dgamma, d/dalpha)``, elementwise.
+
+    ``d/dt = w (-z Q + gamma BCE (1 - 2p) q**(gamma - 1)) + (2 alpha - 1) BCE Q`` with
+    ``1 - 2p = -+(1 - e) r``; ``d/dgamma = loss log q``; ``d/dalpha = BCE Q (2t - 1)``.
+    """
+    parts = _sigmoid_focal_parts(z, t)
+    log_q, bce = _log_q(parts), parts["bce"]
+    q_gamma = jnp.exp(gamma * log_q)
+    w = _balance(t, alpha, balance)
+    one_minus_2p = jnp.where(parts["nonneg"], parts["e"] - 1, 1 - parts["e"]) * parts["r"]
+    # gamma BCE q**(gamma - 1) as q**gamma (BCE / q): q**(gamma - 1) overflows at saturation for
+    # gamma < 1, while BCE / q stays bounded (-> 1 / r), see _bce_over_q.
+    d_t = w * q_gamma * (-z + gamma * one_minus_2p * _bce_over_q(parts))
+    d_alpha = jnp.zeros_like(z)
+    if balance:
+        d_t = d_t + (2 * alpha - 1) * bce * q_gamma
+        d_alpha = bce * q_gamma * (2 * t - 1)
+    return d_t, w * bce * q_gamma * log_q, d_alpha
+
+
+def _with_smooth_z_derivative(fused, smooth):
+    """A ``custom_jvp`` function with the value of ``fused(z, t, gamma, alpha, balance)``.
+
+    Its derivative in ``z`` is autodiff of ``smooth`` (the same function in product form), its
+    derivatives in ``t``, ``gamma`` and ``alpha`` are autodiff of ``fused``.
+    """
+
+    @functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+    def f(z, t, gamma, alpha, balance):
+        return fused(z, t, gamma, alpha, balance)
+
+    def f_jvp(balance, primals, tangents):
+        z, t, gamma, alpha = primals
+        dz, dt, dgamma, dalpha = tangents
+        out = f(z, t, gamma, alpha, balance)
+        tangent = jax.tree.map(jnp.zeros_like, out)
+        if not _is_zero(dz):
+            d = jax.jvp(lambda x: smooth(x, t, gamma, alpha, balance), (z,), (dz,))[1]
+            tangent = jax.tree.map(jnp.add, tangent, d)
+        if not (_is_zero(dt) and _is_zero(dgamma) and _is_zero(dalpha)):
+            d = jax.jvp(
+                lambda t_, g_, a_: fused(z, t_, g_, a_, balance),
+                (t, gamma, alpha),
+                (_zeros_for(dt, t), _zeros_for(dgamma, gamma), _zeros_for(dalpha, alpha)),
+            )[1]
+            tangent = jax.tree.map(jnp.add, tangent, d)
+        return out, tangent
+
+    f.defjvp(f_jvp, symbolic_zeros=True)
+    return f
+
+
+_loss_value = _with_smooth_z_derivative(
+    lambda *args: _loss_and_dz_any_gamma(*args)[0], _smooth_loss
+)
+_dz = _with_smooth_z_derivative(lambda *args: _loss_and_dz_any_gamma(*args)[1], _smooth_dz)
+_others = _with_smooth_z_derivative(_fused_others, _smooth_others)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _sigmoid_focal_elementwise(z, t, gamma, alpha, balance):
     """``alpha_t * BCE * (1 - p_t)**gamma`` elementwise.
@@ -320,40 +562,38 @@ def _sigmoid_focal_elementwise(z, t, gamma, alpha, balance):
     about twice as many transcendentals. Here the forward pass is one fused pass writing the loss,
     and the backward one fused pass that recomputes the pieces and writes ``g * d/dz`` (recomputing
     an ``exp`` and a ``log`` is cheaper on this CPU than writing and re-reading the intermediates).
-    The derivatives in ``t``, ``gamma`` and ``alpha`` cost nothing unless asked for (XLA drops them).
-    A ``gamma`` of 0, 1, 2, 3 or 4 (checked at run time; ``gamma`` stays traced) uses
+    The derivatives in ``t``, ``gamma`` and ``alpha`` cost nothing unless asked for (XLA drops
+    them). A ``gamma`` of 0, 1, 2, 3 or 4 (checked at run time; ``gamma`` stays traced) uses
     multiplication instead of ``exp(gamma * log q)``.
+
+    Higher orders (reverse over reverse, ``jax.hessian``) differentiate the forward and backward
+    themselves: both are made of :func:`_with_smooth_z_derivative` functions, so those derivatives
+    are finite and exact for every finite logit. Forward mode of this function itself is not
+    available (a ``custom_vjp``).
     """
     return _loss_and_dz_any_gamma(z, t, gamma, alpha, balance)[0]
 
 
 def _sigmoid_focal_fwd(z, t, gamma, alpha, balance):
-    loss = _loss_and_dz_any_gamma(z, t, gamma, alpha, balance)[0]
+    # _loss_value, not the plain formula: higher orders differentiate the forward too; its tangents
+    # are discarded, but autodiff of the lax.switch would transpose zero cotangents through
+    # coefficients that overflow at saturation (0 * inf = NaN).
+    loss = _loss_value(z, t, gamma, alpha, balance)
     return loss, (z, t, gamma, alpha)
 
 
 def _sigmoid_focal_bwd(balance, res, g):
-    r"""``d/dt = w (-z Q + gamma BCE (1 - 2p) q**(gamma - 1)) + (2 alpha - 1) BCE Q`` with
-    ``1 - 2p = -+(1 - e) r``; ``d/dgamma = loss log q``; ``d/dalpha = BCE Q (2t - 1)``.
-    """
     z, t, gamma, alpha = res
     # The barrier stops XLA from merging this recomputation with the forward's (CSE), which would
-    # turn the two single-output passes back into several materialised intermediates.
-    z, t = lax.optimization_barrier((z, t))
-    d_z = _loss_and_dz_any_gamma(z, t, gamma, alpha, balance)[1]
-    parts = _sigmoid_focal_parts(z, t)
-    log_q, bce = _log_q(parts), parts["bce"]
-    q_gamma = jnp.exp(gamma * log_q)
-    w = _balance(t, alpha, balance)
-    one_minus_2p = jnp.where(parts["nonneg"], parts["e"] - 1, 1 - parts["e"]) * parts["r"]
-    # gamma BCE q**(gamma - 1) as q**gamma (BCE / q): q**(gamma - 1) overflows at saturation for
-    # gamma < 1, while BCE / q stays bounded (-> 1 / r), see _bce_over_q.
-    d_t = w * q_gamma * (-z + gamma * one_minus_2p * _bce_over_q(parts))
-    grad_alpha = jnp.zeros_like(alpha)
-    if balance:
-        d_t = d_t + (2 * alpha - 1) * bce * q_gamma
-        grad_alpha = jnp.sum(g * bce * q_gamma * (2 * t - 1))
-    return g * d_z, g * d_t, jnp.sum(g * w * bce * q_gamma * log_q), grad_alpha
+    # turn the two single-output passes back into several materialised intermediates. One barrier
+    # each: a barrier's derivative instantiates the zero tangents of all its operands, and a
+    # non-symbolic zero tangent of t would send higher orders in z through the t-derivatives.
+    z = lax.optimization_barrier(z)
+    t = lax.optimization_barrier(t)
+    d_z = _dz(z, t, gamma, alpha, balance)
+    d_t, d_gamma, d_alpha = _others(z, t, gamma, alpha, balance)
+    grad_alpha = jnp.sum(g * d_alpha) if balance else jnp.zeros_like(alpha)
+    return g * d_z, g * d_t, jnp.sum(g * d_gamma), grad_alpha
 
 
 _sigmoid_focal_elementwise.defvjp(_sigmoid_focal_fwd, _sigmoid_focal_bwd)
