@@ -1,9 +1,9 @@
 """jaxloss: PyTorch-exact classification losses for JAX.
 
-Every loss takes ``logits`` of shape ``(..., C)`` and integer ``labels`` of shape ``(...)`` (or float
-``targets`` for the sigmoid form), computes in float32 or wider, is compiled with ``jax.jit`` and is
-differentiable in reverse mode to any order. See README.md for the torch equivalent of each function
-and the documented deviations from the reference modules.
+Every loss takes ``logits`` of shape ``(..., C)`` and integer ``labels`` of shape ``(...)`` (or
+float ``targets`` for the sigmoid form), computes in float32 or wider, is compiled with ``jax.jit``
+and is differentiable in reverse mode to any order. See README.md for the torch equivalent of each
+function and the documented deviations from the reference modules.
 """
 
 from jaxloss._disturb import disturb_labels, disturb_values

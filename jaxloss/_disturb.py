@@ -49,9 +49,10 @@ def disturb_labels(
        P(\tilde y = y) = 1 - \frac{C - 1}{C}\frac{\alpha}{100},\qquad
        P(\tilde y = j) = \frac{1}{C}\frac{\alpha}{100}\quad (j \ne y),
 
-    sampled as: with probability :math:`\alpha/100` replace the label by a uniformly drawn class (which
-    may be the true one). The expected cross-entropy under the disturbed labels equals cross-entropy
-    with uniform label smoothing :math:`\alpha/100` (``cross_entropy(..., label_smoothing=alpha/100)``).
+    sampled as: with probability :math:`\alpha/100` replace the label by a uniformly drawn class
+    (which may be the true one). The expected cross-entropy under the disturbed labels equals
+    cross-entropy with uniform label smoothing :math:`\alpha/100` (``cross_entropy(...,
+    label_smoothing=alpha/100)``).
 
     Args:
       key: a PRNG key (``jax.random.key(...)``; legacy ``PRNGKey`` arrays work too).

@@ -20,28 +20,32 @@ def f1_loss(
     clamp: bool = True,
     where: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
-    r"""``1 - mean_c F1_c`` with soft counts from softmax probabilities, summed over all leading axes.
+    r"""``1 - mean_c F1_c`` with soft counts from softmax probabilities.
+
+    The counts are summed over all leading axes.
 
     .. math::
        tp_c = \sum_i y_{ic} p_{ic},\quad fp_c = \sum_i (1 - y_{ic}) p_{ic},\quad
        fn_c = \sum_i y_{ic} (1 - p_{ic}),
 
-       P_c = \frac{tp_c}{tp_c + fp_c + \epsilon},\quad R_c = \frac{tp_c}{tp_c + fn_c + \epsilon},\quad
-       F1_c = \frac{2 P_c R_c}{P_c + R_c + \epsilon},\quad \ell = 1 - \frac{1}{C}\sum_c F1_c
+       P_c = \frac{tp_c}{tp_c + fp_c + \epsilon},\quad R_c = \frac{tp_c}{tp_c + fn_c +
+       \epsilon},\quad F1_c = \frac{2 P_c R_c}{P_c + R_c + \epsilon},\quad \ell = 1 -
+       \frac{1}{C}\sum_c F1_c
 
-    ``clamp=True`` clips each :math:`F1_c` to :math:`[\epsilon, 1 - \epsilon]` exactly as the seed does;
-    a clipped class then contributes **zero gradient**. The lower clip is the one that bites: a class
-    that occurs in the batch but is missed badly (its probabilities ~1e-9) has :math:`F1_c < \epsilon`,
-    so it gets no gradient to recover, exactly when it needs one. (The upper clip is never active:
-    the :math:`\epsilon` in the denominators keeps :math:`F1_c \le 1 - 1.5\epsilon`.)
-    ``clamp=False`` drops the clip, so every class keeps its gradient; the value differs from the seed
-    only where the clip was active.
+    ``clamp=True`` clips each :math:`F1_c` to :math:`[\epsilon, 1 - \epsilon]` exactly as the seed
+    does; a clipped class then contributes **zero gradient**. The lower clip is the one that bites:
+    a class that occurs in the batch but is missed badly (its probabilities ~1e-9) has :math:`F1_c <
+    \epsilon`, so it gets no gradient to recover, exactly when it needs one. (The upper clip is
+    never active: the :math:`\epsilon` in the denominators keeps :math:`F1_c \le 1 - 1.5\epsilon`.)
+    ``clamp=False`` drops the clip, so every class keeps its gradient; the value differs from the
+    seed only where the clip was active.
 
     Args:
       logits: float array of shape ``(..., C)``, ``C >= 2``; counts are summed over all leading axes
         (the seed accepts only ``(N, C)``). Computed in float32 (float64 for float64 input).
       labels: integer array of shape ``(...)`` with values in ``[0, C)``.
-      num_classes: ``None`` or ``C`` (the seed's ``classes`` argument; must match ``logits.shape[-1]``).
+      num_classes: ``None`` or ``C`` (the seed's ``classes`` argument; must match
+      ``logits.shape[-1]``).
       epsilon: the seed's :math:`\epsilon` in (0, 0.5), a Python float or a traced scalar.
       clamp: whether to clip :math:`F1_c` as the seed does.
       where: optional boolean array of shape ``(...)``; examples where it is False (e.g. the padding

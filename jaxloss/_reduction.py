@@ -44,9 +44,9 @@ def finish(
 ) -> jax.Array:
     """Zeroes ignored examples, turns out-of-range ones into NaN, then reduces as torch does.
 
-    ``"mean"`` divides by the sum of ``example_weight`` over counted examples (torch NLL semantics with
-    class weights) or by the number of counted examples; an all-ignored batch gives ``0 / 0 = NaN``,
-    as in torch.
+    ``"mean"`` divides by the sum of ``example_weight`` over counted examples (torch NLL semantics
+    with class weights) or by the number of counted examples; an all-ignored batch gives ``0 / 0 =
+    NaN``, as in torch.
     """
     losses = jnp.where(counted, per_example, 0)
     losses = jnp.where(out_of_range, jnp.nan, losses)

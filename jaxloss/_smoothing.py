@@ -34,18 +34,21 @@ def cross_entropy(
     torch's rule. An all-ignored batch gives NaN for ``"mean"``, as in torch.
 
     Args:
-      logits: float array of shape ``(..., C)``, ``C >= 2`` (classes last, unlike torch's ``(N, C, d1..)``).
-        bf16/fp16 are upcast to float32.
+      logits: float array of shape ``(..., C)``, ``C >= 2`` (classes last, unlike torch's ``(N, C,
+        d1..)``). bf16/fp16 are upcast to float32.
       labels: integer array of shape ``(...)`` with values in ``[0, C)`` or ``ignore_index``.
       weight: ``None`` or ``(C,)`` class weights.
       ignore_index: label value to ignore (torch's default is -100; here ``None`` ignores nothing).
-      label_smoothing: :math:`\varepsilon` in [0, 1), spread as :math:`\varepsilon / C` over all classes.
+      label_smoothing: :math:`\varepsilon` in [0, 1), spread as :math:`\varepsilon / C` over all
+        classes: a Python float, a 0-d array (both range-checked) or a traced scalar (unchecked; a
+        new value does not recompile).
       reduction: ``"mean"``, ``"sum"`` or ``"none"`` (shape ``(...)``).
 
     Returns:
       A scalar, or per-example losses of shape ``(...)``; float32 (float64 for float64 logits).
 
-    Out-of-range labels raise ``ValueError`` when concrete and give NaN for that example under ``jit``.
+    Out-of-range labels raise ``ValueError`` when concrete and give NaN for that example under
+    ``jit``.
 
     References:
       ``torch.nn.CrossEntropyLoss``; Szegedy et al., "Rethinking the Inception Architecture", 2016.
@@ -92,24 +95,26 @@ def label_smoothing_loss(
 ) -> jax.Array:
     r"""The seeds' ``LabelSmoothingLoss``, or torch's smoothing with ``spread="uniform"``.
 
-    ``spread="others"`` (the seeds): the target class gets :math:`1 - \varepsilon`, every other class
-    :math:`\varepsilon / (C - 1)`:
+    ``spread="others"`` (the seeds): the target class gets :math:`1 - \varepsilon`, every other
+    class :math:`\varepsilon / (C - 1)`:
 
     .. math::
-       \ell_i = (1 - \varepsilon)(-\log p_{i,y_i}) + \frac{\varepsilon}{C - 1}\sum_{j \ne y_i} (-\log p_{i,j})
+       \ell_i = (1 - \varepsilon)(-\log p_{i,y_i}) + \frac{\varepsilon}{C - 1}\sum_{j \ne y_i}
+       (-\log p_{i,j})
 
     ``spread="uniform"``: identical to ``cross_entropy(..., label_smoothing=smoothing)``.
 
     ``"others"`` with smoothing :math:`\varepsilon` equals ``"uniform"`` with
-    :math:`\varepsilon' = \varepsilon C / (C - 1)`; ``weight`` and ``ignore_index`` (which the seeds do
-    not have) therefore follow torch's rules: each class term is weighted by :math:`w_j`, and ``"mean"``
-    divides by :math:`\sum_i w_{y_i}` over counted examples. Without them, ``"mean"`` is the seeds'
-    mean over the batch.
+    :math:`\varepsilon' = \varepsilon C / (C - 1)`; ``weight`` and ``ignore_index`` (which the seeds
+    do not have) therefore follow torch's rules: each class term is weighted by :math:`w_j`, and
+    ``"mean"`` divides by :math:`\sum_i w_{y_i}` over counted examples. Without them, ``"mean"`` is
+    the seeds' mean over the batch.
 
     Args:
       logits: float array of shape ``(..., C)``, ``C >= 2``.
       labels: integer array of shape ``(...)``.
-      smoothing: :math:`\varepsilon` in [0, 1).
+      smoothing: :math:`\varepsilon` in [0, 1): a Python float, a 0-d array (both range-checked)
+        or a traced scalar (unchecked; a new value does not recompile).
       spread: ``"others"`` or ``"uniform"``.
       weight: ``None`` or ``(C,)`` class weights (torch semantics, see above).
       ignore_index: label value to ignore.
@@ -163,8 +168,8 @@ def _cross_entropy(logits, labels, weight, smoothing, *, smooth, ignore_index, r
     safe, counted, out_of_range = _reduction.mask_labels(labels, num_classes, ignore_index)
     example_weight = None if weight is None else weight.astype(dtype)[safe]
     if smooth:
-        # sum_j w_j (-log p_j) = lse * sum(w) - z @ w: the row reduction z @ w and its gradient are fused
-        # into target_stats' passes instead of materialising -log p of shape (..., C).
+        # sum_j w_j (-log p_j) = lse * sum(w) - z @ w: the row reduction z @ w and its gradient are
+        # fused into target_stats' passes instead of materialising -log p of shape (..., C).
         class_weight = jnp.ones((num_classes,), dtype) if weight is None else weight.astype(dtype)
         z_t, lse_o, z_dot_w = target_stats_dot(x, safe, class_weight)
     else:

@@ -1,14 +1,15 @@
 """``softplus`` and ``sigmoid`` whose derivatives of every order are exact and finite.
 
 ``jax.nn.softplus``'s second derivative is formed as ``sigmoid(x) (1 - sigmoid(x))``-style
-differences (``1 - sigmoid(x)`` rounds to 0 for ``x`` above about 17 in float32, where the true value
-is ``exp(-x)``), so Hessians built on it lose all relative accuracy at saturation. Here the
+differences (``1 - sigmoid(x)`` rounds to 0 for ``x`` above about 17 in float32, where the true
+value is ``exp(-x)``), so Hessians built on it lose all relative accuracy at saturation. Here the
 derivatives are products of sigmoids, never differences:
 
 * ``softplus'(x) = sigmoid(x)``,
 * ``sigmoid'(x) = sigmoid(x) sigmoid(-x)``,
 
-so every derivative of every order is a sum of products of terms in [0, 1], each exact to a few ulps.
+so every derivative of every order is a sum of products of terms in [0, 1], each exact to a few
+ulps.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import jax.numpy as jnp
 
 @jax.custom_jvp
 def sigmoid(x: jax.Array) -> jax.Array:
-    """``1 / (1 + exp(-x))`` with relative accuracy for every ``x`` (``exp(x) / (1 + exp(x))`` below 0).
+    """``1 / (1 + exp(-x))`` with relative accuracy for every ``x``.
+
+    Below 0 it is computed as ``exp(x) / (1 + exp(x))``.
 
     >>> float(sigmoid(jnp.float32(-30.0)))  # doctest: +ELLIPSIS
     9.35762...e-14

@@ -8,9 +8,9 @@ package depend on ``z`` only through
 * (label smoothing only) ``sum_j v_j z_j`` for a class vector ``v`` (ones, or the class weights).
 
 With ``d = lse_o - z_t``: ``log p_t = -softplus(d)``, ``log(1 - p_t) = -softplus(-d)`` and
-``logsumexp(z) = z_t + softplus(d)``. Both logs are exact for every finite ``d``: ``1 - p_t`` is never
-formed by subtraction, which is where the reference modules lose precision and their gradients turn
-NaN (``(1 - p)**gamma`` with ``p == 1`` in floating point).
+``logsumexp(z) = z_t + softplus(d)``. Both logs are exact for every finite ``d``: ``1 - p_t`` is
+never formed by subtraction, which is where the reference modules lose precision and their gradients
+turn NaN (``(1 - p)**gamma`` with ``p == 1`` in floating point).
 
 How it is computed (the fusion). ``target_stats`` is a ``jax.custom_vjp`` whose passes over the
 ``(N, C)`` array are, on the fast path:
@@ -30,11 +30,21 @@ The shift ``z_t`` fails only when a row is saturated: another logit exceeds ``z_
 that ``s_o`` underflows (margin above about 64). Both are detected from ``s_o`` (one comparison per
 row), and then a ``lax.cond`` recomputes the whole batch with the exact two-pass method (max of the
 other logits, then ``exp`` and sum; the backward from the saved logits), so the result is exact for
-every finite input; only the speed differs. Under ``vmap`` the ``cond`` becomes a ``select`` and both
-paths run.
+every finite input; only the speed differs. Under ``vmap`` the ``cond`` becomes a ``select`` and
+both paths run.
 
-Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``) is not available; reverse mode is, to any
-order (the backward is itself differentiable JAX code).
+Residuals and higher derivatives. The forward saves ``(x, labels, v, e, m, s, fast)``: the logits,
+``e``, the row statistics ``(m, s)`` with ``lse_o = m + log(s)`` (``m = z_t`` on the fast path, the
+exact max of the others on the exact one) and the path flag. The backward is differentiable JAX
+code, so reverse mode works to any order and ``jax.hessian`` (forward over reverse) works too;
+forward mode of the loss itself (``jax.jvp``, ``jax.jacfwd``) is not available (a ``custom_vjp``).
+The two pieces that higher orders differentiate are ``jax.custom_jvp`` functions whose values use
+the residuals and whose derivatives never do: ``_others_grad`` (the backward's
+``g_o * softmax_others``) and ``_lse_from`` (the forward's ``lse_o``) both take their derivatives
+from ``_softmax_others``, the two-pass softmax of the other classes, every intermediate in [0, C].
+Autodiff of ``e / s`` or ``log(s)`` instead would form ``1 / s**2`` and ``1 / s**3``, which overflow
+where ``s`` is small (margins above about 29 in float32). ``log p_t`` and ``log(1 - p_t)`` use
+``jaxloss._stable.softplus``, whose derivatives of every order are products of sigmoids.
 """
 
 from __future__ import annotations
@@ -54,7 +64,7 @@ def _flatten(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array
 
 
 def _set_targets(rows: jax.Array, labels: jax.Array, value: jax.Array) -> jax.Array:
-    """``rows[i, labels[i]] = value[i]``: an in-place scatter of ``N`` elements, not a masked pass."""
+    """``rows[i, labels[i]] = value[i]``: an in-place scatter of ``N`` elements (no masked pass)."""
     index = jnp.arange(rows.shape[0])
     return rows.at[index, labels].set(
         value, indices_are_sorted=True, unique_indices=True, mode="promise_in_bounds"
@@ -62,11 +72,11 @@ def _set_targets(rows: jax.Array, labels: jax.Array, value: jax.Array) -> jax.Ar
 
 
 def _fast_path_limits(dtype: Any, num_classes: int) -> tuple[float, float, float]:
-    """``(clamp, lo, hi)``: the exponent clamp and the range of ``s_o`` where the fast path is exact.
+    """``(clamp, lo, hi)``: the exponent clamp and the range of ``s_o`` of the exact fast path.
 
-    ``clamp`` keeps ``C * exp(clamp)`` finite. Any clamped term alone makes ``s_o >= exp(clamp) = hi``.
-    Terms that underflow are each below ``tiny``; ``s_o >= lo = 2 (C - 1) tiny / eps`` bounds what
-    they could have added by half an ulp of ``s_o``.
+    ``clamp`` keeps ``C * exp(clamp)`` finite. Any clamped term alone makes ``s_o >= exp(clamp) =
+    hi``. Terms that underflow are each below ``tiny``; ``s_o >= lo = 2 (C - 1) tiny / eps`` bounds
+    what they could have added by half an ulp of ``s_o``.
     """
     info = jnp.finfo(dtype)
     clamp = math.log(float(info.max)) - math.log(num_classes) - 1.0
@@ -77,7 +87,8 @@ def _exact_sum_others(x: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.A
     """Two passes: ``m_o = max`` of the others, then ``sum_{j != t} exp(z_j - m_o)`` (in [1, C))."""
     is_target = jnp.arange(x.shape[-1]) == labels[:, None]
     others = jnp.where(is_target, -jnp.inf, x)
-    # With C >= 2 every row has at least one finite "other" logit, so m_o is finite and the sum >= 1.
+    # With C >= 2 every row has at least one finite "other" logit, so m_o is finite and the sum >=
+    # 1.
     m_o = lax.stop_gradient(jnp.max(others, axis=-1))
     return m_o, jnp.sum(jnp.exp(others - m_o[:, None]), axis=-1)
 
@@ -97,9 +108,11 @@ def _softmax_others(x: jax.Array, labels: jax.Array) -> jax.Array:
 
 @jax.custom_jvp
 def _others_grad(x, g_o, labels, e, m, s, fast):
-    """``g_o * softmax_others(x)``: ``e * (g_o / s)`` on the fast path, ``exp(z - m_o) * (g_o / s)``
-    on the exact one (``m_o`` is the exact max of the others, so no rounding of ``lse_o`` enters and
-    the gradient is exact to a few ulps at any scale).
+    """``g_o * softmax_others(x)``, from the forward's residuals.
+
+    ``e * (g_o / s)`` on the fast path, ``exp(z - m_o) * (g_o / s)`` on the exact one (``m_o`` is
+    the exact max of the others, so no rounding of ``lse_o`` enters and the gradient is exact to a
+    few ulps at any scale).
 
     The value is a function of ``x`` and ``g_o`` only; ``e``, ``m``, ``s`` and ``fast`` are the
     forward's residuals. Its derivatives (second and higher order of the loss) come from
@@ -128,9 +141,9 @@ def _lse_from(x, labels, m, s):
     """``lse_o = m + log(s)`` from the forward's row statistics, a function of ``x`` only.
 
     Higher-order derivatives of the loss differentiate the forward too (the cotangent of ``lse_o``
-    depends on ``lse_o``); autodiff of ``log(s)`` forms ``1 / s**2`` and ``1 / s**3``, which overflow
-    where ``s`` is small (fast path, margins above about 29 in float32). The derivative is taken
-    from :func:`_softmax_others` instead: ``d lse_o = sum_j softmax_others_j dz_j``.
+    depends on ``lse_o``); autodiff of ``log(s)`` forms ``1 / s**2`` and ``1 / s**3``, which
+    overflow where ``s`` is small (fast path, margins above about 29 in float32). The derivative is
+    taken from :func:`_softmax_others` instead: ``d lse_o = sum_j softmax_others_j dz_j``.
     """
     return m + jnp.log(s)
 
@@ -143,7 +156,7 @@ def _lse_from_jvp(primals, tangents):
 
 
 def _forward(x, labels, v):
-    """Flat ``(N, C)`` forward: ``(z_t, lse_o, z @ v or None)`` and the residuals of the backward."""
+    """Flat ``(N, C)`` forward: ``(z_t, lse_o, z @ v or None)`` and the backward's residuals."""
     x = jnp.asarray(x)
     z_t = x.at[jnp.arange(x.shape[0]), labels].get(  # a gather of N elements
         indices_are_sorted=True, unique_indices=True, mode="promise_in_bounds"
@@ -201,7 +214,8 @@ def target_stats(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.A
 
     Args:
       logits: float array of shape ``(..., C)``, ``C >= 2``, finite.
-      labels: int array of shape ``(...)`` with values in ``[0, C)`` (callers sanitise labels first).
+      labels: int array of shape ``(...)`` with values in ``[0, C)`` (callers sanitise labels
+      first).
 
     >>> z_t, lse_o = target_stats(jnp.array([[0.0, 1.0, 2.0]]), jnp.array([2]))
     >>> float(z_t[0]), round(float(lse_o[0]), 4)

@@ -3,15 +3,16 @@
 The rule, for jaxloss and the trainer alike (``train`` imports these checks): ``TypeError`` for a
 value of the wrong kind (a bool or a string where a number is expected, a float where an integer is
 expected, a float array of labels; the scalar checks raise ``ArgumentTypeError``, which is also a
-``ValueError``), ``ValueError`` for a value of the right kind that is out of range (a negative ``gamma``, ``label_smoothing=1``, a label outside
-``[0, C)``). Every message names the argument and its value.
+``ValueError``), ``ValueError`` for a value of the right kind that is out of range (a negative
+``gamma``, ``label_smoothing=1``, a label outside ``[0, C)``). Every message names the argument and
+its value.
 
-Static arguments (reductions, hyper-parameters, shapes, dtypes) are checked before anything is traced.
-Array *values* can only be checked when they are concrete: :func:`check_labels_in_range` raises for
-concrete out-of-range labels and does nothing for tracers (under ``jax.jit`` the losses turn those
-examples into NaN instead). Integer labels given as NumPy arrays or Python ints are checked on the
-host *before* they become JAX arrays, so a 64-bit label that JAX would wrap to 32 bits (x64 off)
-raises instead of becoming another class.
+Static arguments (reductions, hyper-parameters, shapes, dtypes) are checked before anything is
+traced. Array *values* can only be checked when they are concrete: :func:`check_labels_in_range`
+raises for concrete out-of-range labels and does nothing for tracers (under ``jax.jit`` the losses
+turn those examples into NaN instead). Integer labels given as NumPy arrays or Python ints are
+checked on the host *before* they become JAX arrays, so a 64-bit label that JAX would wrap to 32
+bits (x64 off) raises instead of becoming another class.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def as_float_array(name: str, x: jax.typing.ArrayLike) -> jax.Array:
 
 
 def as_label_array(name: str, x: jax.typing.ArrayLike) -> jax.Array:
-    """An integer ``jax.Array`` of labels in its own dtype; host inputs are checked before conversion.
+    """An integer ``jax.Array`` of labels in its own dtype; host inputs checked before conversion.
 
     With x64 off, ``jnp.asarray`` converts int64/uint64 to int32/uint32 by wrapping (``2**32 + 1``
     becomes 1): a NumPy or Python label outside the 32-bit range raises ``ValueError`` here instead,
@@ -196,8 +197,10 @@ def hyperparameter(
     high: float | None = None,
     high_open: bool = False,
 ) -> Any:
-    """A scalar hyper-parameter that is traced, not static: a Python real is range-checked and kept,
-    a concrete 0-d array is checked too (and returned as a float), a tracer passes through unchecked.
+    """A scalar hyper-parameter that is traced, not static.
+
+    A Python real is range-checked and kept, a concrete 0-d array is checked too (and returned as a
+    float), a tracer passes through unchecked.
     """
     if isinstance(value, jax.core.Tracer):
         if value.ndim != 0:
@@ -219,7 +222,7 @@ def check_ignore_index(ignore_index: Any) -> int | None:
 def logits_and_labels(
     logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, min_classes: int = 2
 ) -> tuple[jax.Array, jax.Array]:
-    """Checks ``logits`` of shape ``(..., C)`` (float, ``C >= min_classes``) and int ``labels`` ``(...)``."""
+    """Checks float ``logits`` ``(..., C)``, ``C >= min_classes``, and int ``labels`` ``(...)``."""
     logits = as_float_array("logits", logits)
     labels = as_label_array("labels", labels)
     if logits.ndim < 2:
@@ -265,7 +268,7 @@ def class_vector(
 def check_labels_in_range(
     labels: jax.Array, num_classes: int, ignore_index: int | None = None
 ) -> None:
-    """Raises ``ValueError`` for concrete labels outside ``[0, num_classes)`` (``ignore_index`` allowed).
+    """Raises ``ValueError`` for concrete labels outside ``[0, num_classes)`` but ``ignore_index``.
 
     Compared as Python-exact integers whatever the label dtype (``uint8`` labels and ``C = 300``,
     ``int8`` and ``ignore_index=-100`` included); an ``ignore_index`` that the dtype cannot hold

@@ -68,10 +68,11 @@ def assert_parity(
     *,
     tolerances: dict | None = None,
 ) -> None:
-    """Asserts equal values and equal gradients w.r.t. ``x`` (a random cotangent for vector outputs).
+    """Asserts equal values and equal gradients w.r.t. ``x`` (a random cotangent for vector
+    outputs).
 
-    ``jax_fn`` receives ``x`` with its own shape; ``torch_fn`` receives the same data as a tensor and
-    must return the same shape as ``jax_fn``.
+    ``jax_fn`` receives ``x`` with its own shape; ``torch_fn`` receives the same data as a tensor
+    and must return the same shape as ``jax_fn``.
     """
     tol = tolerances or TOLERANCES[dtype]
     with jax.enable_x64(dtype == np.float64):
@@ -89,7 +90,7 @@ def assert_parity(
 
 
 def flat(fn: Callable, num_classes: int, lead: tuple[int, ...], reduction: str) -> Callable:
-    """Wraps a torch loss over ``(N, C)`` so it takes ``(*lead, C)`` and returns jax's output shape."""
+    """Wraps a torch loss over ``(N, C)`` to take ``(*lead, C)`` and return jax's output shape."""
 
     def wrapped(t: torch.Tensor) -> torch.Tensor:
         out = fn(t.reshape(-1, num_classes))

@@ -1,11 +1,12 @@
 """Where jaxloss deliberately differs from the reference modules, and by how much.
 
 1. Saturation. Seeds 000/001 form ``1 - p_t`` by subtraction: once ``p_t`` rounds to 1 their
-   gradient is NaN for ``0 < gamma < 1`` (``0**(gamma-1) * 0``) and their value has lost all relative
-   precision well before. jaxloss is finite there and equals the exact (float64 reference, or
-   analytic) value.
+   gradient is NaN for ``0 < gamma < 1`` (``0**(gamma-1) * 0``) and their value has lost all
+   relative precision well before. jaxloss is finite there and equals the exact (float64 reference,
+   or analytic) value.
 2. Seed 003 adds ``1e-8`` to ``p_t`` before the log: the values agree to a bound set by that
-   ``1e-8`` except where ``p_t`` is tiny, where the seed's loss is capped near ``-log(1e-8) = 18.4``.
+   ``1e-8`` except where ``p_t`` is tiny, where the seed's loss is capped near ``-log(1e-8) =
+   18.4``.
 3. Seed 003's binary branch ignores the target; ``sigmoid_focal_loss`` is the correct binary form.
 """
 
@@ -125,7 +126,7 @@ def test_seed003_epsilon_differs_only_where_pt_is_tiny():
 
 
 def test_seed003_binary_branch_ignores_target():
-    """The seed's binary branch returns the same loss for targets 0 and 1; torchvision's does not."""
+    """The seed's binary branch gives the same loss for targets 0 and 1; torchvision's does not."""
     module = ref.FocalLossSeed003(alpha=0.25, gamma=2.0)
     x = torch.tensor([1.5, -0.5, 0.2])
     ones, zeros = torch.ones(3), torch.zeros(3)

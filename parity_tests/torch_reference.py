@@ -56,9 +56,9 @@ class FocalLossSeed001(nn.Module):
 class FocalLossSeed003(nn.Module):
     """``FocalLoss(alpha, gamma=2, with_logits=True)`` of ``003_2cd919201b34d348.txt``.
 
-    Multi-class branch: ``p = softmax(x)[y] + 1e-8``, ``-alpha[y] (1 - p)**gamma log p``, plain mean.
-    The binary branch (``x`` of shape ``(B,)`` or ``(B, 1)``) ignores the target; it is reproduced as
-    written and only used by the test that documents the bug.
+    Multi-class branch: ``p = softmax(x)[y] + 1e-8``, ``-alpha[y] (1 - p)**gamma log p``, plain
+    mean. The binary branch (``x`` of shape ``(B,)`` or ``(B, 1)``) ignores the target; it is
+    reproduced as written and only used by the test that documents the bug.
     """
 
     def __init__(self, alpha, gamma=2, with_logits=True):
@@ -163,8 +163,8 @@ class DisturbLabel(nn.Module):
 def torchvision_sigmoid_focal_loss(
     inputs, targets, alpha: float = 0.25, gamma: float = 2, reduction: str = "none"
 ):
-    """``torchvision.ops.sigmoid_focal_loss`` (torchvision 0.2x), copied: torchvision does not install
-    beside the CPU torch wheel here."""
+    """``torchvision.ops.sigmoid_focal_loss`` (torchvision 0.2x), copied: torchvision does not
+    install beside the CPU torch wheel here."""
     p = torch.sigmoid(inputs)
     ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
     p_t = p * targets + (1 - p) * (1 - targets)
@@ -184,10 +184,12 @@ def torchvision_sigmoid_focal_loss(
 def focal_reference(
     logits, labels, *, gamma, alpha=None, weight=None, ignore_index=None, reduction="mean"
 ):
-    """All focal options at once, composed from torch ops in the seeds' style (no seed combines them).
+    """All focal options at once, composed from torch ops in the seeds' style (no seed combines
+    them).
 
-    ``-alpha[y] * w[y] * (1 - p_y)**gamma * log p_y``; ignored examples give 0; ``"mean"`` divides by
-    the sum of ``w[y]`` over counted examples (by their number without ``weight``), as ``nll_loss``.
+    ``-alpha[y] * w[y] * (1 - p_y)**gamma * log p_y``; ignored examples give 0; ``"mean"`` divides
+    by the sum of ``w[y]`` over counted examples (by their number without ``weight``), as
+    ``nll_loss``.
     """
     counted = torch.ones_like(labels, dtype=torch.bool)
     if ignore_index is not None:
@@ -214,8 +216,9 @@ def label_smoothing_others_reference(
 ):
     """The seeds' "others" smoothing extended with torch's weight/ignore rules (no seed has them).
 
-    ``sum_j -true_dist_j * w_j * log p_j`` with the seeds' ``true_dist``; ``"mean"`` divides by the sum
-    of ``w[y]`` over counted examples, as ``cross_entropy(weight=..., label_smoothing=...)`` does.
+    ``sum_j -true_dist_j * w_j * log p_j`` with the seeds' ``true_dist``; ``"mean"`` divides by the
+    sum of ``w[y]`` over counted examples, as ``cross_entropy(weight=..., label_smoothing=...)``
+    does.
     """
     num_classes = logits.shape[-1]
     counted = torch.ones_like(labels, dtype=torch.bool)

@@ -62,7 +62,10 @@ def test_check_grads_sigmoid_focal_logits_and_soft_targets():
 def test_hessian_works_and_forward_mode_raises():
     x = jnp.array([[0.3, -1.0, 2.0]], jnp.float32)
     y = jnp.array([1])
-    loss = lambda v: jaxloss.focal_loss(v, y, gamma=0.5)
+
+    def loss(v):
+        return jaxloss.focal_loss(v, y, gamma=0.5)
+
     hessian = jax.hessian(loss)(x).reshape(3, 3)
     np.testing.assert_allclose(
         hessian, jax.jacrev(jax.jacrev(loss))(x).reshape(3, 3), rtol=1e-5, atol=1e-7
@@ -115,7 +118,7 @@ def test_focal_gradient_finite_at_saturation_for_small_gamma(gamma):
 
 @pytest.mark.parametrize("gamma", [0.05, 0.5, 2.0])
 def test_sigmoid_focal_target_gradient_exact_at_saturation(gamma):
-    """d loss / d targets at saturated logits (hard and soft targets) equals a 50-digit evaluation."""
+    """d loss / d targets at saturated logits (hard and soft targets) equals 50-digit mpmath."""
     import mpmath
 
     mpmath.mp.dps = 50
@@ -136,7 +139,7 @@ def test_sigmoid_focal_target_gradient_exact_at_saturation(gamma):
     grad = jax.grad(lambda tt: jaxloss.sigmoid_focal_loss(z, tt, gamma=gamma, reduction="sum"))(
         jnp.asarray(t, jnp.float32)
     )
-    expected = np.array([exact(a, b) for a, b in zip(z, t)])
+    expected = np.array([exact(a, b) for a, b in zip(z, t, strict=True)])
     assert np.all(np.isfinite(grad))
     np.testing.assert_allclose(np.asarray(grad), expected, rtol=2e-5, atol=1e-30)
 
@@ -222,8 +225,8 @@ def test_f1_clamp_zeroes_the_gradient_of_a_badly_missed_class():
     free = jax.grad(lambda x: jaxloss.f1_loss(x, labels, clamp=False))(logits)
     assert np.all(np.isfinite(clamped)) and np.all(np.isfinite(free))
     # Every gradient on the -12 logits is ~1e-10 (softmax scales by p ~ 2e-9); what matters is that
-    # the unclamped loss pushes the missed example's class-2 logit up 13x harder than the clamped one,
-    # whose remaining push comes only from classes 0 and 1 through the softmax coupling.
+    # the unclamped loss pushes the missed example's class-2 logit up 13x harder than the clamped
+    # one, whose remaining push comes only from classes 0 and 1 through the softmax coupling.
     assert float(free[3, 2]) < 10 * float(clamped[3, 2]) < 0
     np.testing.assert_allclose(
         np.delete(np.asarray(free), 11), np.delete(np.asarray(clamped), 11), rtol=1e-4, atol=1e-12
