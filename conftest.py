@@ -10,7 +10,7 @@ settings.register_profile(
     "jaxloss",
     derandomize=True,
     deadline=None,
-    max_examples=int(os.environ.get("JAXLOSS_HYPOTHESIS_EXAMPLES", "30")),
+    max_examples=int(os.environ.get("JAXLOSS_HYPOTHESIS_EXAMPLES", "20")),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
 )

@@ -104,7 +104,7 @@ def _rows(margin, sign, num_classes):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("num_classes", [2, 3, 10])
+@pytest.mark.parametrize("num_classes", [2, 10])  # the two-class edge and a general C
 @pytest.mark.parametrize("name", sorted(SOFTMAX))
 def test_hessian_and_third_order_finite_and_exact_on_a_grid_of_margins(name, num_classes, dtype):
     loss, gamma = SOFTMAX[name]
