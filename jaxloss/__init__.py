@@ -8,7 +8,8 @@ function and the documented deviations from the reference modules.
 
 from jaxloss._disturb import disturb_labels, disturb_values
 from jaxloss._f1 import f1_loss
-from jaxloss._focal import focal_loss, sigmoid_focal_loss
+from jaxloss._focal import focal_loss
+from jaxloss._sigmoid_focal import sigmoid_focal_loss
 from jaxloss._smoothing import cross_entropy, label_smoothing_loss
 
 __all__ = (
