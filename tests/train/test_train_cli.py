@@ -239,3 +239,11 @@ def test_preparing_the_digits_says_one_true_line(tmp_path, capfd):
     assert "Download" not in err and "WARNING" not in err
     prepare_digits(tmp_path)  # prepared: silent
     assert capfd.readouterr() == ("", "")
+
+
+def test_preset_with_resume_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "w").mkdir()
+    status = cli.main(["--preset", "digits", "--resume", "--workdir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert status == 1 and err.count("\n") == 1
+    assert err.startswith("error: --preset cannot be combined with --resume")

@@ -13,6 +13,7 @@ import pytest
 from train import checkpoints, losses
 from train import loop as loop_lib
 from train import step as step_lib
+from train import workdir as run_dir
 from train.config import Config
 
 
@@ -336,3 +337,35 @@ def test_data_parallel_needs_only_shardings():
         timeout=240,
     )
     assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr[-2000:]
+
+
+def test_resume_edges_of_the_contract(tmp_path):
+    """README's resume contract at its edges: a longer patience restarts a run that stopped early;
+    a run that saved no epoch resumes from epoch 1; epochs recorded without a checkpoint are lost,
+    which is an error, not a fresh start."""
+    data = FakeInput()
+    quiet = lambda s: None  # noqa: E731
+    stopped = _config(model="lenet", lr=0.0, epochs=6, early_stopping=1)
+    loop_lib.train_and_evaluate(stopped, str(tmp_path / "a"), data=data, log=quiet)
+    assert len(open(tmp_path / "a" / "metrics.jsonl").readlines()) == 2  # stopped after epoch 2
+    again = dataclasses.replace(stopped, early_stopping=3, resume=True)
+    loop_lib.train_and_evaluate(again, str(tmp_path / "a"), data=data, log=quiet)
+    assert len(open(tmp_path / "a" / "metrics.jsonl").readlines()) == 4  # 2 more, then stopped
+
+    config = _config(epochs=1)
+    (tmp_path / "b").mkdir()
+    run_dir.write_config(str(tmp_path / "b"), config)  # what a run killed in epoch 1 leaves
+    with pytest.raises(ValueError, match="already holds a run"):
+        loop_lib.train_and_evaluate(config, str(tmp_path / "b"), data=data, log=quiet)
+    logs = []
+    resumed = dataclasses.replace(config, resume=True)
+    loop_lib.train_and_evaluate(resumed, str(tmp_path / "b"), data=data, log=logs.append)
+    assert any("no finished epoch: starting its run from epoch 1" in line for line in logs)
+    assert len(open(tmp_path / "b" / "metrics.jsonl").readlines()) == 1
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "b" / "checkpoints")
+    with pytest.raises(ValueError, match="records finished epochs but .* holds no checkpoint"):
+        loop_lib.train_and_evaluate(resumed, str(tmp_path / "b"), data=data, log=quiet)
+    assert len(open(tmp_path / "b" / "metrics.jsonl").readlines()) == 1  # nothing overwritten
