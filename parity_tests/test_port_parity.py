@@ -299,3 +299,19 @@ def test_training_steps_match_torch(optimizer):
             assert far <= ADAM_FAR_FRACTION * total, (i, far, total)
     moved = max(np.abs(want[k] - init[k]).max() for k in want)
     assert moved > 20 * (SGD_ATOL if optimizer == "sgd" else ADAM_CLOSE)  # the steps did move
+
+
+def test_save_state_dict_never_leaves_a_truncated_file(tmp_path, monkeypatch):
+    path = tmp_path / "out.pth"
+    port.save_state_dict({"w": np.ones(3, np.float32)}, path)
+    before = path.read_bytes()
+
+    def half_then_full_disk(obj, f):
+        with open(f, "wb") as out:
+            out.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_then_full_disk)
+    with pytest.raises(OSError, match="No space"):
+        port.save_state_dict({"w": np.zeros(3, np.float32)}, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.pth"]
