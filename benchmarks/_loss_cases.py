@@ -1,9 +1,10 @@
 """The losses bench_losses.py times: jaxloss's, the naive JAX ones, optax's and torch's.
 
-Each JAX loss takes ``(logits (..., C), labels (...), onehot (..., C) float)`` and returns the mean;
-each torch callable takes the same three on ``(N, C)`` / ``(N,)`` tensors. Only the sigmoid focal
-loss uses ``onehot`` (its float targets); every softmax loss that needs a one-hot builds it from the
-labels inside the timed function, as jaxloss does.
+Each JAX loss takes ``(logits (..., C), labels (...), targets (..., C) float)`` and returns the
+mean; each torch callable takes the same three on ``(N, C)`` / ``(N,)`` tensors. Only the sigmoid
+focal loss (one-hot targets) and ``cross_entropy_soft`` (probability targets: a softmax of random
+scores) use ``targets``; every softmax loss that needs a one-hot builds it from the labels inside
+the timed function, as jaxloss does.
 """
 
 from __future__ import annotations
@@ -24,19 +25,22 @@ import jaxloss
 GAMMA, SMOOTHING, SIGMOID_ALPHA = 2.0, 0.1, 0.25
 
 
-def jax_ours(name, num_classes):
-    """jaxloss's loss ``name``."""
+def jax_ours(name, num_classes, axis=-1):
+    """jaxloss's loss ``name``, with the classes on ``axis``."""
     return {
-        "focal": lambda x, y, t: jaxloss.focal_loss(x, y, gamma=GAMMA),
+        "focal": lambda x, y, t: jaxloss.focal_loss(x, y, gamma=GAMMA, axis=axis),
         "focal_sigmoid": lambda x, y, t: jaxloss.sigmoid_focal_loss(
             x, t, gamma=GAMMA, alpha=SIGMOID_ALPHA
         ),
-        "cross_entropy": lambda x, y, t: jaxloss.cross_entropy(x, y),
-        "cross_entropy_ls": lambda x, y, t: jaxloss.cross_entropy(x, y, label_smoothing=SMOOTHING),
-        "label_smoothing_others": lambda x, y, t: jaxloss.label_smoothing_loss(
-            x, y, smoothing=SMOOTHING
+        "cross_entropy": lambda x, y, t: jaxloss.cross_entropy(x, y, axis=axis),
+        "cross_entropy_ls": lambda x, y, t: jaxloss.cross_entropy(
+            x, y, label_smoothing=SMOOTHING, axis=axis
         ),
-        "f1": lambda x, y, t: jaxloss.f1_loss(x, y),
+        "cross_entropy_soft": lambda x, y, t: jaxloss.cross_entropy(x, t, axis=axis),
+        "label_smoothing_others": lambda x, y, t: jaxloss.label_smoothing_loss(
+            x, y, smoothing=SMOOTHING, axis=axis
+        ),
+        "f1": lambda x, y, t: jaxloss.f1_loss(x, y, axis=axis),
     }[name]
 
 
@@ -83,6 +87,9 @@ def jax_naive(name, num_classes):
         "focal": focal,
         "focal_sigmoid": _naive_sigmoid_focal,
         "cross_entropy": lambda x, y, t: -jnp.mean(_naive_log_pt(x, y)),
+        "cross_entropy_soft": lambda x, y, t: (
+            -jnp.mean(jnp.sum(t * jax.nn.log_softmax(x, axis=-1), axis=-1))
+        ),
         "cross_entropy_ls": smoothed(1 - SMOOTHING + SMOOTHING / c, SMOOTHING / c),
         "label_smoothing_others": smoothed(1 - SMOOTHING, SMOOTHING / (c - 1)),
         "f1": _naive_f1,
@@ -109,6 +116,7 @@ def jax_optax(name, num_classes):
             losses.softmax_cross_entropy_with_integer_labels(x, y)
         ),
         "cross_entropy_ls": smoothed(SMOOTHING),
+        "cross_entropy_soft": lambda x, y, t: jnp.mean(losses.softmax_cross_entropy(x, t)),
         # "others" with eps is torch/optax's uniform smoothing with eps * C / (C - 1).
         "label_smoothing_others": smoothed(SMOOTHING * c / (c - 1)),
     }.get(name)
@@ -127,6 +135,8 @@ def torch_module(name, num_classes):
         return lambda x, y, t: F.cross_entropy(x, y)
     if name == "cross_entropy_ls":
         return lambda x, y, t: F.cross_entropy(x, y, label_smoothing=SMOOTHING)
+    if name == "cross_entropy_soft":
+        return lambda x, y, t: F.cross_entropy(x, t)
     if name == "label_smoothing_others":
         module = ref.LabelSmoothingLoss(num_classes, smoothing=SMOOTHING)
         return lambda x, y, t: module(x, y)

@@ -7,7 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxloss import _reduction, _validate
+from jaxloss import _layout, _reduction, _validate
 from jaxloss._target_stats import log_probs, target_stats
 
 
@@ -21,6 +21,8 @@ def focal_loss(
     ignore_index: int | None = None,
     reduction: str = "mean",
     from_logits: bool = True,
+    axis: int = -1,
+    where: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
     r"""Softmax focal loss with scalar or per-class ``alpha`` and torch-style class weights.
 
@@ -39,9 +41,11 @@ def focal_loss(
     1``.
 
     Args:
-      logits: float array of shape ``(..., C)``, ``C >= 2``; unnormalised scores, or probabilities
+      logits: float array with ``C >= 2`` classes on ``axis``: ``(..., C)``, torch's ``(N, C, d1,
+        ..., dk)`` with ``axis=1``, or unbatched ``(C,)``; unnormalised scores, or probabilities
         when ``from_logits=False``. Any float dtype; bf16/fp16 are upcast to float32.
-      labels: integer array of shape ``(...)`` with values in ``[0, C)`` or ``ignore_index``.
+      labels: integer array of the batch shape (the logits' shape without ``axis``; a scalar for
+        ``(C,)`` logits) with values in ``[0, C)`` or ``ignore_index``.
       gamma: focusing parameter ``>= 0``, a Python float or a traced scalar (a new value does not
         recompile). ``gamma=0`` is cross-entropy scaled by ``alpha``.
       alpha: ``None`` (1), a scalar (seed 000) or a ``(C,)`` array gathered by label (seed 003).
@@ -52,9 +56,14 @@ def focal_loss(
       from_logits: ``False`` takes probabilities instead of logits (seed 003 ``with_logits=False``):
         :math:`\log p_t` uses :math:`p_t` clipped to the smallest normal float instead of the seed's
         ``p + 1e-8``, and :math:`(1 - p_t)^\gamma` has gradient 0 where :math:`p_t = 1`.
+      axis: the class axis (default -1). Any axis is read in place: ``axis=1`` costs no transpose.
+      where: ``None`` or a boolean array of the batch shape (optax's convention): an example where
+        it is False contributes 0 (``"none"``: 0), is not counted in ``"mean"``, its label is not
+        checked, and its logits (even NaN or inf) affect neither the value nor the gradient, which
+        is 0 there. Combines with ``ignore_index`` and ``weight``.
 
     Returns:
-      A scalar (``"mean"``, ``"sum"``) or an array of shape ``(...)`` (``"none"``), float32 for
+      A scalar (``"mean"``, ``"sum"``) or an array of the batch shape (``"none"``), float32 for
       float32/bf16/fp16 logits, float64 for float64 logits.
 
     Out-of-range labels raise ``ValueError`` when ``labels`` is concrete; under ``jax.jit`` each
@@ -73,9 +82,14 @@ def focal_loss(
       1.3061
       >>> focal_loss(logits, labels, reduction="none").shape
       (2,)
+      >>> round(float(focal_loss(logits.T, labels, axis=0)), 4)  # classes first: the same loss
+      1.3061
+      >>> round(float(focal_loss(logits, labels, where=jnp.array([True, False]))), 4)
+      0.0111
     """
-    logits, labels = _validate.logits_and_labels(logits, labels)
-    num_classes = logits.shape[-1]
+    logits, labels, axis = _validate.logits_and_labels(logits, labels, axis=axis)
+    num_classes = logits.shape[axis]
+    where = _validate.check_where(where, labels.shape)
     gamma = _validate.hyperparameter("gamma", gamma, low=0.0)
     alpha = _validate.class_vector("alpha", alpha, num_classes, allow_scalar=True)
     weight = _validate.class_vector("weight", weight, num_classes)
@@ -83,31 +97,38 @@ def focal_loss(
     reduction = _validate.check_reduction(reduction)
     if not isinstance(from_logits, bool):
         raise TypeError(f"from_logits must be a bool, got {from_logits=!r}")
-    _validate.check_labels_in_range(labels, num_classes, ignore_index)
+    _validate.check_labels_in_range(
+        _validate.labels_to_check(labels, where), num_classes, ignore_index
+    )
     return _focal_loss(
         logits,
         labels,
         gamma,
         alpha,
         weight,
+        where,
+        axis=axis,
         ignore_index=ignore_index,
         reduction=reduction,
         from_logits=from_logits,
     )
 
 
-@functools.partial(jax.jit, static_argnames=("ignore_index", "reduction", "from_logits"))
-def _focal_loss(logits, labels, gamma, alpha, weight, *, ignore_index, reduction, from_logits):
+@functools.partial(jax.jit, static_argnames=("axis", "ignore_index", "reduction", "from_logits"))
+def _focal_loss(
+    logits, labels, gamma, alpha, weight, where, *, axis, ignore_index, reduction, from_logits
+):
     dtype = _validate.compute_dtype(logits.dtype)
-    x = logits.astype(dtype)
+    view, x, labels, where = _layout.index_inputs(logits.astype(dtype), labels, where, axis)
     gamma = jnp.asarray(gamma, dtype)
-    safe, counted, out_of_range = _reduction.mask_labels(labels, x.shape[-1], ignore_index)
+    safe, counted, out_of_range = _reduction.mask_labels(
+        labels, view.num_classes, ignore_index, where
+    )
     if from_logits:
         log_pt, log1m_pt, _ = log_probs(*target_stats(x, safe))
         modulator = jnp.exp(gamma * log1m_pt)  # log1m_pt is finite, so gamma = 0 gives exactly 1
     else:
-        is_target = jnp.arange(x.shape[-1]) == safe[..., None]
-        p_t = jnp.sum(jnp.where(is_target, x, 0), axis=-1)
+        p_t = jnp.sum(jnp.where(_layout.is_target(safe, view.num_classes), x, 0), axis=1)
         log_pt = jnp.log(jnp.maximum(p_t, jnp.finfo(dtype).tiny))
         one_minus = 1 - p_t
         positive = one_minus > 0
@@ -125,4 +146,5 @@ def _focal_loss(logits, labels, gamma, alpha, weight, *, ignore_index, reduction
     if weight is not None:
         example_weight = weight.astype(dtype)[safe]
         per_example = per_example * example_weight
-    return _reduction.finish(per_example, counted, out_of_range, example_weight, reduction)
+    out = _reduction.finish(per_example, counted, out_of_range, example_weight, reduction)
+    return view.unbatch(out) if reduction == "none" else out

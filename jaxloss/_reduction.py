@@ -9,13 +9,17 @@ from jaxloss import _validate
 
 
 def mask_labels(
-    labels: jax.Array, num_classes: int, ignore_index: int | None
+    labels: jax.Array,
+    num_classes: int,
+    ignore_index: int | None,
+    where: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Splits labels into ``(safe, counted, out_of_range)`` boolean masks, shape preserved.
 
     ``safe`` holds a valid class index everywhere (0 where the label is ignored or out of range), so
     gathers never clamp or wrap; ``counted`` marks examples that contribute to the loss;
     ``out_of_range`` marks labels that are neither in ``[0, num_classes)`` nor ``ignore_index``.
+    An example where ``where`` (same shape) is False is neither counted nor out of range.
     """
     dtype = labels.dtype
     # Compared in the labels' own dtype, against constants it can hold: `labels < 300` on uint8
@@ -29,6 +33,8 @@ def mask_labels(
     ignored = jnp.zeros(labels.shape, bool)
     if ignore_index is not None and _validate.representable(ignore_index, dtype):
         ignored = labels == jnp.asarray(ignore_index, dtype)
+    if where is not None:
+        ignored |= ~where
     counted = in_range & ~ignored
     # Counted labels lie in [0, C), so int32 holds them exactly.
     safe = jnp.where(counted, labels, jnp.zeros((), dtype)).astype(jnp.int32)

@@ -56,19 +56,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxloss import _layout
+from jaxloss._layout import expand
 from jaxloss._stable import softplus
-
-
-def _flatten(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
-
-
-def _set_targets(rows: jax.Array, labels: jax.Array, value: jax.Array) -> jax.Array:
-    """``rows[i, labels[i]] = value[i]``: an in-place scatter of ``N`` elements (no masked pass)."""
-    index = jnp.arange(rows.shape[0])
-    return rows.at[index, labels].set(
-        value, indices_are_sorted=True, unique_indices=True, mode="promise_in_bounds"
-    )
 
 
 def _fast_path_limits(dtype: Any, num_classes: int) -> tuple[float, float, float]:
@@ -85,12 +75,11 @@ def _fast_path_limits(dtype: Any, num_classes: int) -> tuple[float, float, float
 
 def _exact_sum_others(x: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Two passes: ``m_o = max`` of the others, then ``sum_{j != t} exp(z_j - m_o)`` (in [1, C))."""
-    is_target = jnp.arange(x.shape[-1]) == labels[:, None]
-    others = jnp.where(is_target, -jnp.inf, x)
+    others = jnp.where(_layout.is_target(labels, x.shape[1]), -jnp.inf, x)
     # With C >= 2 every row has at least one finite "other" logit, so m_o is finite and the sum >=
     # 1.
-    m_o = lax.stop_gradient(jnp.max(others, axis=-1))
-    return m_o, jnp.sum(jnp.exp(others - m_o[:, None]), axis=-1)
+    m_o = lax.stop_gradient(jnp.max(others, axis=1))
+    return m_o, jnp.sum(jnp.exp(others - expand(m_o)), axis=1)
 
 
 def _softmax_others(x: jax.Array, labels: jax.Array) -> jax.Array:
@@ -99,11 +88,10 @@ def _softmax_others(x: jax.Array, labels: jax.Array) -> jax.Array:
     Used for derivatives of the gradient only (Hessians, higher orders): every intermediate is in
     [0, C], so autodiff of it to any order never forms ``0 * inf``.
     """
-    is_target = jnp.arange(x.shape[-1]) == labels[:, None]
-    others = jnp.where(is_target, -jnp.inf, x)
-    m_o = lax.stop_gradient(jnp.max(others, axis=-1, keepdims=True))
+    others = jnp.where(_layout.is_target(labels, x.shape[1]), -jnp.inf, x)
+    m_o = lax.stop_gradient(jnp.max(others, axis=1, keepdims=True))
     e = jnp.exp(others - m_o)
-    return e / jnp.sum(e, axis=-1, keepdims=True)
+    return e / jnp.sum(e, axis=1, keepdims=True)
 
 
 @jax.custom_jvp
@@ -119,11 +107,11 @@ def _others_grad(x, g_o, labels, e, m, s, fast):
     :func:`_softmax_others` instead: autodiff of ``e / s`` with ``s`` as small as ``exp(-87)`` (the
     fast path at margins above about 44 in float32) forms ``1 / s**2`` and turns into NaN.
     """
-    g_over_s = (g_o / s)[:, None]
+    g_over_s = expand(g_o / s)
 
     def exact():
-        is_target = jnp.arange(x.shape[-1]) == labels[:, None]
-        return jnp.exp(jnp.where(is_target, -jnp.inf, x) - m[:, None]) * g_over_s
+        is_target = _layout.is_target(labels, x.shape[1])
+        return jnp.exp(jnp.where(is_target, -jnp.inf, x) - expand(m)) * g_over_s
 
     return lax.cond(fast, lambda: e * g_over_s, exact)
 
@@ -132,7 +120,7 @@ def _others_grad(x, g_o, labels, e, m, s, fast):
 def _others_grad_jvp(primals, tangents):
     x, g_o, labels = primals[:3]
     dx, dg_o = tangents[:2]  # the residuals' tangents are implied by dx: ignored
-    _, d_out = jax.jvp(lambda z, g: g[:, None] * _softmax_others(z, labels), (x, g_o), (dx, dg_o))
+    _, d_out = jax.jvp(lambda z, g: expand(g) * _softmax_others(z, labels), (x, g_o), (dx, dg_o))
     return _others_grad(*primals), d_out
 
 
@@ -151,30 +139,33 @@ def _lse_from(x, labels, m, s):
 @_lse_from.defjvp
 def _lse_from_jvp(primals, tangents):
     x, labels = primals[:2]
-    d_lse = jnp.sum(_softmax_others(x, labels) * tangents[0], axis=-1)
+    d_lse = jnp.sum(_softmax_others(x, labels) * tangents[0], axis=1)
     return _lse_from(*primals), d_lse
 
 
+def _dot_classes(x: jax.Array, v: jax.Array) -> jax.Array:
+    """``sum_j v_j z_j`` per example: ``x @ v`` for ``(A, C)`` rows, else over axis 1."""
+    return x @ v if x.ndim == 2 else jnp.einsum("acb,c->ab", x, v)
+
+
 def _forward(x, labels, v):
-    """Flat ``(N, C)`` forward: ``(z_t, lse_o, z @ v or None)`` and the backward's residuals."""
+    """``(z_t, lse_o, z @ v or None)`` on rows ``(A, C[, B])``, and the backward's residuals."""
     x = jnp.asarray(x)
-    z_t = x.at[jnp.arange(x.shape[0]), labels].get(  # a gather of N elements
-        indices_are_sorted=True, unique_indices=True, mode="promise_in_bounds"
-    )
-    clamp, lo, hi = _fast_path_limits(x.dtype, x.shape[-1])
+    z_t = _layout.take_target(x, labels)  # a gather of one element per example
+    clamp, lo, hi = _fast_path_limits(x.dtype, x.shape[1])
     # Shift by the target logit: s_o = sum_{j != t} exp(z_j - z_t) = (1 - p_t) / p_t. The shift is a
     # constant to autodiff (higher-order gradients differentiate this forward), so it must be added
     # back as the same constant: lse_o = shift + log(s_o) is then shift-invariant, as it should be.
     shift = lax.stop_gradient(z_t)
-    e = jnp.exp(jnp.minimum(x - shift[:, None], clamp))
-    e = _set_targets(e, labels, jnp.zeros_like(z_t))
-    s_o = jnp.sum(e, axis=-1)
+    e = jnp.exp(jnp.minimum(x - expand(shift), clamp))
+    e = _layout.set_target(e, labels, jnp.zeros_like(z_t))
+    s_o = jnp.sum(e, axis=1)
     fast = jnp.all((s_o >= lo) & (s_o < hi))  # false for NaN too
     # Both paths give (m, s) with lse_o = m + log(s) and softmax of the others exp(z_j - m) / s;
     # m is a constant to autodiff (the softmax is invariant to it).
     m, s = lax.cond(fast, lambda: (shift, s_o), lambda: _exact_sum_others(x, labels))
     lse_o = _lse_from(x, labels, m, s)
-    dot = None if v is None else x @ v
+    dot = None if v is None else _dot_classes(x, v)
     return (z_t, lse_o, dot), (x, labels, v, e, m, s, fast)
 
 
@@ -185,9 +176,11 @@ def _backward(res, g):
         g_t = g_t + g_s * v[labels]
     grad = _others_grad(x, g_o, labels, e, m, s, fast)
     if v is not None:
-        grad = grad + g_s[:, None] * v
-    grad = _set_targets(grad, labels, g_t)
-    grad_v = None if v is None else g_s @ x
+        grad = grad + expand(g_s) * _layout.class_vector(v, x.ndim)
+    grad = _layout.set_target(grad, labels, g_t)
+    grad_v = None
+    if v is not None:
+        grad_v = g_s @ x if x.ndim == 2 else jnp.einsum("ab,acb->c", g_s, x)
     return grad, grad_v
 
 
@@ -209,39 +202,38 @@ def _stats_bwd(res, g):
 _stats.defvjp(_stats_fwd, _stats_bwd)
 
 
-def target_stats(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Returns ``(z_t, lse_o)``, each of shape ``logits.shape[:-1]``, in ``logits.dtype``.
+def target_stats(rows: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Returns ``(z_t, lse_o)``, each of ``labels.shape``, in ``rows.dtype``.
 
     Args:
-      logits: float array of shape ``(..., C)``, ``C >= 2``, finite.
-      labels: int array of shape ``(...)`` with values in ``[0, C)`` (callers sanitise labels
-      first).
+      rows: float logits viewed as ``(A, C)`` or ``(A, C, B)`` (``jaxloss._layout``), ``C >= 2``.
+      labels: int array ``(A,)`` or ``(A, B)`` with values in ``[0, C)`` (callers sanitise labels
+        first).
 
     >>> z_t, lse_o = target_stats(jnp.array([[0.0, 1.0, 2.0]]), jnp.array([2]))
     >>> float(z_t[0]), round(float(lse_o[0]), 4)
     (2.0, 1.3133)
+    >>> z_t, lse_o = target_stats(jnp.array([[[0.0], [1.0], [2.0]]]), jnp.array([[2]]))
+    >>> round(float(lse_o[0, 0]), 4)
+    1.3133
     """
-    x, t = _flatten(logits, labels)
-    z_t, lse_o, _ = _stats(x, t, None)
-    return z_t.reshape(labels.shape), lse_o.reshape(labels.shape)
+    z_t, lse_o, _ = _stats(rows, labels, None)
+    return z_t, lse_o
 
 
 def target_stats_dot(
-    logits: jax.Array, labels: jax.Array, v: jax.Array
+    rows: jax.Array, labels: jax.Array, v: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(z_t, lse_o, logits @ v)``: ``target_stats`` plus one row reduction, for label smoothing.
+    """``(z_t, lse_o, sum_j v_j z_j)``: ``target_stats`` plus one class reduction, for smoothing.
 
-    ``sum_j v_j (-log p_j) = lse * sum(v) - logits @ v``; its gradient ``g * v`` is added inside the
+    ``sum_j v_j (-log p_j) = lse * sum(v) - z . v``; its gradient ``g * v`` is added inside the
     same backward pass.
 
     >>> z_t, lse_o, s = target_stats_dot(jnp.array([[0.0, 1.0, 2.0]]), jnp.array([2]), jnp.ones(3))
     >>> float(s[0])
     3.0
     """
-    x, t = _flatten(logits, labels)
-    z_t, lse_o, dot = _stats(x, t, v.astype(x.dtype))
-    shape = labels.shape
-    return z_t.reshape(shape), lse_o.reshape(shape), dot.reshape(shape)
+    return _stats(rows, labels, v.astype(rows.dtype))
 
 
 def log_probs(z_t: jax.Array, lse_o: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -219,28 +219,82 @@ def check_ignore_index(ignore_index: Any) -> int | None:
     return int(ignore_index)
 
 
+def check_axis(axis: Any, ndim: int) -> int:
+    """The class ``axis`` of logits with ``ndim`` dims, as a non-negative int.
+
+    >>> check_axis(-1, 4), check_axis(1, 4)
+    (3, 1)
+    """
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise ArgumentTypeError(f"axis must be an int (the class axis), got axis={axis!r}")
+    axis = int(axis)
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"axis must lie in [-{ndim}, {ndim}) for logits with {ndim} dims, got axis={axis}"
+        )
+    return axis % ndim
+
+
 def logits_and_labels(
-    logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *, min_classes: int = 2
-) -> tuple[jax.Array, jax.Array]:
-    """Checks float ``logits`` ``(..., C)``, ``C >= min_classes``, and int ``labels`` ``(...)``."""
+    logits: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    axis: Any = -1,
+    min_classes: int = 2,
+) -> tuple[jax.Array, jax.Array, int]:
+    """Checks float ``logits`` with ``C >= min_classes`` classes on ``axis`` and int ``labels``.
+
+    ``labels`` must have the logits' shape without the class axis (a scalar for unbatched ``(C,)``
+    logits). Returns ``(logits, labels, axis)`` with ``axis`` non-negative.
+    """
     logits = as_float_array("logits", logits)
     labels = as_label_array("labels", labels)
-    if logits.ndim < 2:
+    if logits.ndim < 1:
         raise ValueError(
-            f"logits must have shape (..., num_classes) with at least 2 dims, got "
+            f"logits must have a class axis (shape (C,) or (..., C, ...)), got "
             f"logits.shape={logits.shape}"
         )
-    if logits.shape[-1] < min_classes:
+    axis = check_axis(axis, logits.ndim)
+    if logits.shape[axis] < min_classes:
         raise ValueError(
-            f"logits must have at least {min_classes} classes on the last axis, got "
+            f"logits must have at least {min_classes} classes on axis {axis}, got "
             f"logits.shape={logits.shape}"
         )
-    if labels.shape != logits.shape[:-1]:
+    batch_shape = logits.shape[:axis] + logits.shape[axis + 1 :]
+    if labels.shape != batch_shape:
         raise ValueError(
-            f"labels.shape must equal logits.shape[:-1], got labels.shape={labels.shape} "
-            f"and logits.shape={logits.shape}"
+            f"labels.shape must equal logits.shape without the class axis {axis}, i.e. "
+            f"{batch_shape}, got labels.shape={labels.shape} and logits.shape={logits.shape}"
         )
-    return logits, labels
+    return logits, labels, axis
+
+
+def check_where(where: jax.typing.ArrayLike | None, batch_shape: tuple[int, ...]) -> Any:
+    """``None``, or ``where`` as a boolean array of exactly ``batch_shape`` (one flag per example).
+
+    >>> check_where([True, False], (2,)).shape
+    (2,)
+    """
+    if where is None:
+        return None
+    arr = jnp.asarray(where)
+    if arr.dtype != jnp.bool_:
+        raise ArgumentTypeError(
+            f"where must be a boolean array (True: the example counts), got dtype {arr.dtype}"
+        )
+    if arr.shape != tuple(batch_shape):
+        raise ValueError(
+            f"where must have the batch shape {tuple(batch_shape)} (the logits' shape without "
+            f"the class axis), got where.shape={arr.shape}"
+        )
+    return arr
+
+
+def labels_to_check(labels: jax.Array, where: Any) -> jax.Array:
+    """The labels whose range matters: a masked example's label is never checked (it is unused)."""
+    if where is None or not (is_concrete(labels) and is_concrete(where)):
+        return labels
+    return jnp.where(where, labels, jnp.zeros((), labels.dtype))
 
 
 def class_vector(
@@ -259,7 +313,7 @@ def class_vector(
             f"a scalar or shape ({num_classes},)" if allow_scalar else f"shape ({num_classes},)"
         )
         raise ValueError(
-            f"{name} must have {expected} to match logits.shape[-1]={num_classes}, got "
+            f"{name} must have {expected} to match the {num_classes} classes of the logits, got "
             f"{name}.shape={arr.shape}"
         )
     return arr

@@ -30,9 +30,18 @@ def test_quick_logic_on_tiny_sizes_writes_the_documented_json(tmp_path):
     tiny = dict(
         quick=True, use_compile=False, min_rounds=1, max_rounds=2, budget_s=0.0, log=lambda *_: None
     )
-    result = bench.run({"8x5": (8, 5)}, bench.LOSSES, **tiny)
-    segmentation = bench.run({"2x3x4x3": (2, 3, 4, 3)}, ("focal", "cross_entropy"), **tiny)
-    result["results"] += segmentation["results"]  # classes-last 4-D logits: focal only
+    result = bench.run({"8x5": (8, 5)}, bench.LOSSES, **tiny)  # no variant at this size
+    segmentation = bench.run(
+        {"2x3x4x3": (2, 3, 4, 3)}, ("focal", "f1", "cross_entropy@axis1"), **tiny
+    )
+    result["results"] += segmentation["results"]  # 4-D logits: the segmentation losses only
+    bf16 = bench.bench_one(
+        "focal@bf16",
+        (8, 5),
+        use_compile=False,
+        **{k: tiny[k] for k in ("min_rounds", "max_rounds", "budget_s")},
+    )
+    result["results"].append(bf16)
     path = tmp_path / "losses.json"
     path.write_text(json.dumps(result))
     loaded = json.loads(path.read_text())
@@ -41,8 +50,8 @@ def test_quick_logic_on_tiny_sizes_writes_the_documented_json(tmp_path):
     assert {"cpu", "cores_available", "jax", "torch", "torch_num_threads", "XLA_FLAGS"} <= set(
         loaded["machine"]
     )
-    expected = {(loss, "8x5") for loss in bench.LOSSES}
-    expected.add(("focal", "2x3x4x3"))
+    expected = {(loss, "8x5") for loss in bench.LOSSES if "@" not in loss}
+    expected |= {("focal", "2x3x4x3"), ("cross_entropy@axis1", "2x3x4x3"), ("focal@bf16", "8x5")}
     assert {(r["loss"], r["size"]) for r in loaded["results"]} == expected
     for r in loaded["results"]:
         assert set(r["methods"]) == set(bench.METHODS)
@@ -59,6 +68,9 @@ def test_quick_logic_on_tiny_sizes_writes_the_documented_json(tmp_path):
         assert r["ratios"]["ours/floor"] is not None and r["ratios"]["compile/ours"] is None
         assert (r["ratios"]["optax/ours"] is None) == ("n/a" in r["methods"]["optax"])
     assert all({"loss", "size", "goal", "value", "met"} <= set(g) for g in loaded["goals"])
+    goals = {(g["loss"], g["goal"]) for g in bench.evaluate_goals(loaded["results"])}
+    assert ("cross_entropy@axis1", "axis1/axis-1 <= 1.2") in goals
+    assert ("focal@bf16", "naive/ours >= 1") in goals
     assert bench.format_table(loaded["results"]).count("\n") == len(loaded["results"]) + 1
     assert bench.format_markdown(loaded).count("\n| ") == len(loaded["results"]) + 1
 

@@ -2,8 +2,9 @@
 
 `create_loss(name, num_classes=..., **hyper_parameters)` returns `loss_fn(logits, labels, mask)`
 giving the mean loss over the examples whose `mask` is True (all of them when `mask is None`).
-Per-example losses use `reduction="none"` and a masked mean, so a padded evaluation batch counts
-exactly its real examples.
+Every loss gets the mask as jaxloss's `where=` (one path for all five): the per-example losses are
+summed over the unmasked examples (`reduction="sum"`) and divided by their count, so a padded
+evaluation batch counts exactly its real examples and padding gets a zero gradient.
 """
 
 from __future__ import annotations
@@ -22,41 +23,52 @@ __all__ = ["LOSSES", "LossFn", "create_loss", "loss_from_config"]
 LossFn = Callable[[jax.Array, jax.Array, "jax.Array | None"], jax.Array]
 
 
-def _masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
-    if mask is None:
-        return jnp.mean(values)
-    mask = jnp.asarray(mask, bool)
-    total = jnp.sum(jnp.where(mask, values, 0.0))
-    return total / jnp.maximum(jnp.sum(mask), 1).astype(values.dtype)
+def _mean_over(total: jax.Array, mask: jax.Array | None, batch: int, per_example: int = 1):
+    """``total`` (a ``reduction="sum"`` loss over the unmasked examples) over their count.
+
+    An all-masked batch gives 0 (and a zero gradient), not jaxloss's ``0 / 0``: a micro-batch made
+    only of padding must not turn the accumulated gradient into NaN.
+    """
+    count = batch if mask is None else jnp.maximum(jnp.sum(mask), 1)
+    return total / (jnp.asarray(count, total.dtype) * per_example)
+
+
+def _where(mask: jax.Array | None) -> jax.Array | None:
+    return None if mask is None else jnp.asarray(mask, bool)
 
 
 def _ce(logits, labels, mask, *, label_smoothing):
-    per = jaxloss.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="none")
-    return _masked_mean(per, mask)
+    total = jaxloss.cross_entropy(
+        logits, labels, label_smoothing=label_smoothing, where=_where(mask), reduction="sum"
+    )
+    return _mean_over(total, mask, labels.size)
 
 
 def _focal(logits, labels, mask, *, gamma, alpha):
-    per = jaxloss.focal_loss(logits, labels, gamma=gamma, alpha=alpha, reduction="none")
-    return _masked_mean(per, mask)
+    total = jaxloss.focal_loss(
+        logits, labels, gamma=gamma, alpha=alpha, where=_where(mask), reduction="sum"
+    )
+    return _mean_over(total, mask, labels.size)
 
 
 def _smoothing(logits, labels, mask, *, smoothing, spread):
-    per = jaxloss.label_smoothing_loss(
-        logits, labels, smoothing=smoothing, spread=spread, reduction="none"
+    total = jaxloss.label_smoothing_loss(
+        logits, labels, smoothing=smoothing, spread=spread, where=_where(mask), reduction="sum"
     )
-    return _masked_mean(per, mask)
+    return _mean_over(total, mask, labels.size)
 
 
 def _sigmoid_focal(logits, labels, mask, *, gamma, alpha):
     targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
-    per = jaxloss.sigmoid_focal_loss(logits, targets, gamma=gamma, alpha=alpha, reduction="none")
-    return _masked_mean(jnp.mean(per, axis=-1), mask)  # torchvision "mean": over all elements
+    total = jaxloss.sigmoid_focal_loss(
+        logits, targets, gamma=gamma, alpha=alpha, where=_where(mask), reduction="sum"
+    )
+    # torchvision's "mean" is over all elements: the examples' count times the classes
+    return _mean_over(total, mask, labels.size, logits.shape[-1])
 
 
 def _f1(logits, labels, mask, *, epsilon):
-    return jaxloss.f1_loss(
-        logits, labels, epsilon=epsilon, where=None if mask is None else jnp.asarray(mask, bool)
-    )
+    return jaxloss.f1_loss(logits, labels, epsilon=epsilon, where=_where(mask))
 
 
 LOSSES: dict[str, Callable[..., jax.Array]] = {

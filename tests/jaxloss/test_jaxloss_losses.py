@@ -335,7 +335,7 @@ def test_focal_rejects_bad_static_arguments(kwargs, error, match):
 @pytest.mark.parametrize(
     "call, error, match",
     [
-        (lambda: jaxloss.cross_entropy(LOGITS[0], LABELS[0]), ValueError, "at least 2 dims"),
+        (lambda: jaxloss.cross_entropy(LOGITS[0, 0], LABELS[0]), ValueError, "class axis"),
         (lambda: jaxloss.cross_entropy(LOGITS, LABELS[:3]), ValueError, "labels.shape"),
         (lambda: jaxloss.cross_entropy(LOGITS, LABELS.astype(jnp.float32)), TypeError, "labels"),
         (lambda: jaxloss.cross_entropy(LOGITS.astype(jnp.int32), LABELS), TypeError, "logits"),
