@@ -10,11 +10,11 @@ and ``"mean"`` divides the sum by the number of examples, **not** by a sum of we
 form's rule): ``aten/src/ATen/native/LossNLL.cpp``, ``cross_entropy_loss_prob_target``. Here the
 mean counts the examples ``where`` selects.
 
-Computed per example from four class reductions of one shifted row ``y = z - max(z)``: ``s = sum
-exp(y)``, ``a = sum w t'``, ``b = sum w t' y``, so ``\ell = a \log s - b``. Each term is exact
-(``y <= 0``, ``s`` in ``[1, C]``); no ``log_softmax`` of shape ``(..., C)`` is stored, and autodiff
-of these few lines is already the fused backward ``g (a softmax(z) - w t')`` (derivatives in the
-targets too: ``g w_c (1 - eps) (log s - y_c)``). The max is a constant to autodiff (the loss does
+Computed per example from one shifted row ``y = z - max(z)``: ``s = sum exp(y)``, then
+``\ell = sum_c w_c t'_c (\log s - y_c)``, each factor exact (``y <= 0``, ``s`` in ``[1, C]``); no
+``log_softmax`` of shape ``(..., C)`` is stored, and autodiff of these few lines is the backward
+``g (sum(w t') softmax(z) - w t')`` (derivatives in the targets too: ``g w_c (1 - eps) (log s -
+y_c)``). The max is a constant to autodiff (the loss does
 not depend on it), so derivatives of every order, forward mode included, are finite.
 """
 
@@ -71,8 +71,10 @@ def soft_cross_entropy(logits, targets, weight, smoothing, where, *, axis, smoot
         counted = view.batch_rows(where)
         keep = _layout.expand(counted)
         x, t = jnp.where(keep, x, 0), jnp.where(keep, t, 0)
-    # Traced targets are not checked; a row with a target outside [0, 1] (NaN included) gives NaN.
-    bad = jnp.any(~((t >= 0) & (t <= 1)), axis=1)
+    # Traced targets are not checked: an example with a target outside [0, 1] (or NaN) gives NaN.
+    # One row reduction (|t - 1/2| <= 1/2, false for NaN); a NaN select on t itself measured 2.7x
+    # slower (it stops XLA from fusing t into the loss's reduction).
+    bad = ~(jnp.max(jnp.abs(t - 0.5), axis=1) <= 0.5)
     if smooth:
         smoothing = jnp.asarray(smoothing, dtype)
         t = (1 - smoothing) * t + smoothing / view.num_classes
@@ -80,9 +82,10 @@ def soft_cross_entropy(logits, targets, weight, smoothing, where, *, axis, smoot
         t = t * _layout.class_vector(weight.astype(dtype), x.ndim)
     m = lax.stop_gradient(jnp.max(x, axis=1, keepdims=True))
     y = x - m
-    log_s = jnp.log(jnp.sum(jnp.exp(y), axis=1))
-    per_example = jnp.sum(t, axis=1) * log_s - jnp.sum(t * y, axis=1)
-    per_example = jnp.where(bad, jnp.nan, per_example)
+    log_s = jnp.log(jnp.sum(jnp.exp(y), axis=1, keepdims=True))
+    # One class reduction of t * (-log p) = t * (log s - y), each factor exact: three row
+    # reductions in all (max, sum of exp, this), as log_softmax's own; no (..., C) log p stored.
+    per_example = jnp.where(bad, jnp.nan, jnp.sum(t * (log_s - y), axis=1))
     if counted is not None:
         per_example = jnp.where(counted, per_example, 0)
     if reduction == "none":
