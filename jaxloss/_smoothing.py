@@ -96,15 +96,7 @@ def _dispatch(logits, labels, weight, ignore_index, smoothing, reduction, axis, 
     ignore_index = _validate.check_ignore_index(ignore_index)
     reduction = _validate.check_reduction(reduction)
     if _is_probabilities(labels):
-        logits = _validate.as_float_array("logits", logits)
-        if logits.ndim < 1:
-            raise ValueError(f"logits must have a class axis, got logits.shape={logits.shape}")
-        axis = _validate.check_axis(axis, logits.ndim)
-        if logits.shape[axis] < 2:
-            raise ValueError(
-                f"logits must have at least 2 classes on axis {axis}, got "
-                f"logits.shape={logits.shape}"
-            )
+        logits, axis = _validate.logits_with_classes(logits, axis=axis)
         if ignore_index is not None:
             raise ValueError(
                 f"ignore_index applies to integer labels only, got {ignore_index=} with "
@@ -223,13 +215,8 @@ def label_smoothing_loss(
                 "spread='others' needs integer labels (the target class is the one smoothed "
                 "away from); probability targets take spread='uniform'"
             )
-        logits = _validate.as_float_array("logits", logits)
-        num_classes = logits.shape[_validate.check_axis(axis, max(logits.ndim, 1))]
-        if num_classes < 2:
-            raise ValueError(
-                f"logits must have at least 2 classes on axis {axis}, got "
-                f"logits.shape={logits.shape}"
-            )
+        logits, class_axis = _validate.logits_with_classes(logits, axis=axis)
+        num_classes = logits.shape[class_axis]
         smoothing = smoothing * num_classes / (num_classes - 1)
     return _dispatch(logits, labels, weight, ignore_index, smoothing, reduction, axis, where)
 

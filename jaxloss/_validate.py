@@ -235,6 +235,29 @@ def check_axis(axis: Any, ndim: int) -> int:
     return axis % ndim
 
 
+def logits_with_classes(
+    logits: jax.typing.ArrayLike, *, axis: Any = -1, min_classes: int = 2
+) -> tuple[jax.Array, int]:
+    """Checks float ``logits`` with ``C >= min_classes`` classes on ``axis``; ``(logits, axis)``.
+
+    >>> logits_with_classes(jnp.zeros((2, 3, 4)), axis=1)[1]
+    1
+    """
+    logits = as_float_array("logits", logits)
+    if logits.ndim < 1:
+        raise ValueError(
+            f"logits must have a class axis (shape (C,) or (..., C, ...)), got "
+            f"logits.shape={logits.shape}"
+        )
+    axis = check_axis(axis, logits.ndim)
+    if logits.shape[axis] < min_classes:
+        raise ValueError(
+            f"logits must have at least {min_classes} classes on axis {axis}, got "
+            f"logits.shape={logits.shape}"
+        )
+    return logits, axis
+
+
 def logits_and_labels(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
@@ -247,19 +270,8 @@ def logits_and_labels(
     ``labels`` must have the logits' shape without the class axis (a scalar for unbatched ``(C,)``
     logits). Returns ``(logits, labels, axis)`` with ``axis`` non-negative.
     """
-    logits = as_float_array("logits", logits)
+    logits, axis = logits_with_classes(logits, axis=axis, min_classes=min_classes)
     labels = as_label_array("labels", labels)
-    if logits.ndim < 1:
-        raise ValueError(
-            f"logits must have a class axis (shape (C,) or (..., C, ...)), got "
-            f"logits.shape={logits.shape}"
-        )
-    axis = check_axis(axis, logits.ndim)
-    if logits.shape[axis] < min_classes:
-        raise ValueError(
-            f"logits must have at least {min_classes} classes on axis {axis}, got "
-            f"logits.shape={logits.shape}"
-        )
     batch_shape = logits.shape[:axis] + logits.shape[axis + 1 :]
     if labels.shape != batch_shape:
         raise ValueError(

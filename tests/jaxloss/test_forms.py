@@ -177,3 +177,23 @@ def test_forward_mode_works_for_probability_targets_not_for_the_index_form():
     assert abs(float(tangent)) < 1e-5  # softmax is shift-invariant per example
     with pytest.raises(TypeError):
         jax.jvp(lambda z: jaxloss.cross_entropy(z, LABELS, axis=1), (x,), (jnp.ones_like(x),))
+
+
+def test_half_precision_probability_targets_compute_in_float32():
+    """The README's dtype promise for the probability form: bf16/fp16 in, float32 loss out."""
+    reference = float(jaxloss.cross_entropy(LOGITS, PROBS.astype(jnp.float32), axis=1))
+    for half in (jnp.bfloat16, jnp.float16):
+        x, p = LOGITS.astype(half), PROBS.astype(half)
+        loss, grad = jax.value_and_grad(lambda z, t=p: jaxloss.cross_entropy(z, t, axis=1))(x)
+        assert loss.dtype == jnp.float32 and grad.dtype == half
+        assert np.isfinite(np.asarray(grad, np.float32)).all()
+        assert float(loss) == pytest.approx(reference, rel=2e-2)
+
+
+@pytest.mark.parametrize("spread", ["others", "uniform"])
+def test_logits_without_a_class_axis_raise_one_named_error_in_every_form(spread):
+    for labels in (jnp.int32(0), jnp.float32(1.0)):
+        if spread == "others" and labels.dtype == jnp.float32:
+            continue  # refused earlier: "others" needs class indices
+        with pytest.raises(ValueError, match="logits must have a class axis"):
+            jaxloss.label_smoothing_loss(jnp.float32(0.5), labels, smoothing=0.1, spread=spread)
