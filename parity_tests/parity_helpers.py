@@ -6,10 +6,11 @@ import dataclasses
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 from hypothesis import strategies as st
+
+from jaxloss import parity
 
 # Tolerances of every parity comparison, per dtype: |jax - torch| <= ATOL + RTOL * |torch|.
 # float64: both sides are exact to ~1e-15; the formulas differ (softplus of the other-class
@@ -69,24 +70,17 @@ def assert_parity(
     tolerances: dict | None = None,
 ) -> None:
     """Asserts equal values and equal gradients w.r.t. ``x`` (a random cotangent for vector
-    outputs).
+    outputs), with `jaxloss.parity` (the public harness) under the `Close` rule of ``TOLERANCES``.
 
     ``jax_fn`` receives ``x`` with its own shape; ``torch_fn`` receives the same data as a tensor
-    and must return the same shape as ``jax_fn``.
+    and must return the same shape as ``jax_fn``. No float64 reference is run: the torch
+    closures hold tensors of the compared dtype.
     """
-    tol = tolerances or TOLERANCES[dtype]
-    with jax.enable_x64(dtype == np.float64):
-        jx = jnp.asarray(x, dtype)
-        out, vjp = jax.vjp(jax_fn, jx)
-        cotangent = np.random.default_rng(0).normal(size=out.shape).astype(dtype)
-        (grad,) = vjp(jnp.asarray(cotangent, out.dtype))
-        out, grad = np.asarray(out), np.asarray(grad)
-    tx = to_torch(x, dtype).requires_grad_(True)
-    tout = torch_fn(tx)
-    (tout * to_torch(cotangent, dtype)).sum().backward()
-    assert out.dtype == dtype and grad.dtype == dtype
-    np.testing.assert_allclose(out, tout.detach().numpy(), **tol, err_msg="values differ")
-    np.testing.assert_allclose(grad, tx.grad.numpy(), **tol, err_msg="gradients differ")
+    name = np.dtype(dtype).name
+    rule = parity.Close(**(tolerances or TOLERANCES[dtype]))
+    parity.assert_parity(
+        jax_fn, torch_fn, [parity.fixed(x)], dtypes=(name,), tolerance=rule, reference=None
+    )
 
 
 def flat(fn: Callable, num_classes: int, lead: tuple[int, ...], reduction: str) -> Callable:

@@ -6,8 +6,11 @@ Both sides start from the same parameters and receive the same fixed random grad
 
 Tolerances: float64 ``rtol=1e-12, atol=1e-14`` (the two libraries evaluate the same formulas in a
 different order, e.g. PyTorch's Adam uses ``lerp`` and ``sqrt(v) / sqrt(1 - b2**t)``, optax
-``sqrt(v / (1 - b2**t))``; the differences are a few ulps); float32 ``rtol=2e-5, atol=2e-6``
-(PyTorch computes bias corrections in Python float64, optax in float32).
+``sqrt(v / (1 - b2**t))``; the differences are a few ulps); float32 ``rtol=1e-6, atol=1e-7``.
+That float32 tolerance was 2e-5 while Adam used optax's ``scale_by_adam``, whose bias correction
+``1 - b2**t`` is computed in float32 from a rounded ``b2`` (6.4e-6 relative at ``b2 = 0.999``);
+``train.adam.scale_by_torch_adam`` computes it as torch does, and the optax version fails 1e-6
+(four Adam/AdamW cases, checked by substituting it).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ LR_CHANGE_STEP = 4  # steps 0..3 use LR, steps 4.. use NEW_LR_FACTOR * LR
 NEW_LR_FACTOR = 0.3
 SHAPES = {"w": (3, 4), "b": (4,)}
 
-TOL = {np.float64: dict(rtol=1e-12, atol=1e-14), np.float32: dict(rtol=2e-5, atol=2e-6)}
+TOL = {np.float64: dict(rtol=1e-12, atol=1e-14), np.float32: dict(rtol=1e-6, atol=1e-7)}
 
 # (id, create_optimizer kwargs, torch constructor)
 CASES = [

@@ -40,12 +40,7 @@ def _checkpoint(path, *, num_classes, in_channels=3, seed=0):
     model = torch_models.build(
         "resnet18", num_classes=num_classes, width=4, in_channels=in_channels
     )
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
+    torch_models.randomise_batch_norm(model)
     torch.save(model.state_dict(), path)
     return model.state_dict()
 
@@ -70,9 +65,16 @@ def test_verify_prints_the_difference_and_saves_logits(tmp_path):
         tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith("max |logit diff| = ")
-    assert float(last.split("=")[1]) <= 1e-4
+    lines = proc.stdout.strip().splitlines()
+    (line,) = [x for x in lines if x.startswith("max |logit diff| = ")]
+    # max |logit diff| = 2.38e-07 (relative 4.1e-08; max |logit| 5.79)
+    diff, rel, scale = (
+        float(line.split(k)[1].split()[0].rstrip(";)")) for k in ("= ", "relative ", "max |logit| ")
+    )
+    assert diff <= 1e-4 and rel == pytest.approx(diff / scale, rel=0.1)
+    (rule,) = [x for x in lines if x.startswith("within the float64-reference rule: ")]
+    assert rule.split(": ")[1].startswith("yes (jax err ") and "torch err" in rule, rule
+    assert lines[-1] == "within --atol 0.0001: yes"
     assert "5 classes" in proc.stdout  # read from fc.weight
     logits = np.load(tmp_path / "logits.npy")
     model = torch_models.build("resnet18", num_classes=5, width=4)
@@ -110,6 +112,92 @@ def test_verify_errors_are_one_line(tmp_path, args, message):
         os.chdir(cwd)
     assert status == 1
     assert err.getvalue().count("\n") == 1 and err.getvalue().startswith(message), err.getvalue()
+
+
+def _trained_checkpoint(path, *, num_classes):
+    """`_checkpoint` with BatchNorm biases drawn too, as in a trained model (not zeros)."""
+    state = _checkpoint(path, num_classes=num_classes)
+    gen = torch.Generator().manual_seed(1)
+    for key, value in state.items():
+        if key.endswith(".bias") and not key.startswith("fc."):
+            state[key] = torch.randn(value.shape, generator=gen) * 0.1
+    torch.save(state, path)
+
+
+def _verify(argv):
+    """`verify.main(argv)` in-process: (status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = verify.main([str(a) for a in argv])
+    return status, out.getvalue(), err.getvalue()
+
+
+TRAIN = ["--model", "resnet18", "--image-size", "32", "--train-image-size", "32"]
+
+
+def test_verify_train_steps_match_for_sgd_and_adam(tmp_path):
+    _trained_checkpoint(tmp_path / "r18.pth", num_classes=5)
+    status, out, err = _verify(
+        [tmp_path / "r18.pth", *TRAIN, "--train-steps", "2", "--optimizer", "both"]
+    )
+    assert status == 0 and err == "", (err, out)
+    assert "within the float64-reference rule: yes" in out
+    assert "training: 2 step(s) per optimizer on batches of 8 random (3, 32, 32) images" in out
+    for head in ("sgd (lr 0.001, momentum 0.9): ", "adam (lr 0.0001, eps 0.001): "):
+        (line,) = [x for x in out.splitlines() if x.startswith(head)]
+        assert line.endswith("comparisons, all within the float64-reference rule"), line
+        block = out.split(head, 1)[1].splitlines()
+        header = "step loss torch loss flax params rel moments rel stats rel counters result"
+        assert " ".join(block[1].split()) == header
+        for i, row in enumerate(block[2:4], start=1):
+            step, loss_torch, loss_flax, params, moments, stats, counters, result = row.split()
+            assert (step, counters, result) == (str(i), "equal", "ok"), row
+            assert float(loss_flax) == pytest.approx(float(loss_torch), rel=1e-5)
+            assert 0 < float(params) < 1e-4 and float(moments) < 1e-3 and float(stats) < 1e-4
+    assert "rel: max |flax - torch| / max |torch| of a tensor" in out
+    assert "training steps:" not in out  # the full table only on failure or with --verbose
+
+
+def test_verify_train_steps_fail_on_a_mismatched_optimizer(tmp_path, monkeypatch):
+    """torch's SGD (float32 and float64) steps 1% further than Flax's: step 1 must fail."""
+    _trained_checkpoint(tmp_path / "r18.pth", num_classes=5)
+    sgd = torch.optim.SGD
+    monkeypatch.setattr(
+        torch.optim,
+        "SGD",
+        lambda params, lr, momentum: sgd(params, lr=lr * 1.01, momentum=momentum),
+    )
+    status, out, err = _verify(
+        [tmp_path / "r18.pth", *TRAIN, "--train-steps", "1", "--optimizer", "sgd"]
+    )
+    assert status == 1
+    assert err.count("\n") == 1 and err.startswith("error: sgd step 1 param/"), err
+    assert "fails the float64-reference rule: " in err
+    assert "training steps: " in out and " FAILED" in out  # the full report is printed
+    assert "FAIL" in out.split("sgd (lr 0.001, momentum 0.9): ")[1].splitlines()[2]
+
+
+def test_verify_names_the_first_diverging_layer(tmp_path, monkeypatch):
+    """A Flax port with one weight 0.1% off fails the rule; the layer report names the layer."""
+    from train.pytorch import port
+
+    _checkpoint(tmp_path / "r18.pth", num_classes=5)
+    from_torch = port.from_torch
+
+    def off_by_a_bit(state_dict, *args, **kwargs):
+        state_dict = dict(state_dict)
+        state_dict["layer2.0.conv2.weight"] = state_dict["layer2.0.conv2.weight"] * 1.001
+        return from_torch(state_dict, *args, **kwargs)
+
+    monkeypatch.setattr(port, "from_torch", off_by_a_bit)
+    status, out, err = _verify([tmp_path / "r18.pth", "--model", "resnet18", "--image-size", "32"])
+    assert status == 1
+    assert "within the float64-reference rule: no (" in out
+    assert "layers (eval mode): " in out  # the per-layer report
+    assert err.count("\n") == 1 and err.startswith(
+        "error: the Flax logits fail the float64-reference rule (first diverging: "
+        "layer layer2.0.conv2, max |diff| "
+    ), err
 
 
 def test_freeze_backbone_zeroes_every_update_but_the_head():

@@ -5,8 +5,14 @@ written out (torchvision is not installed here), with a configurable width. Weig
 the NNX model by name, the same key mapping a torchvision state_dict import uses:
 `conv.kernel (H, W, I, O)` -> `conv.weight (O, I, H, W)`, `bn.scale/bias/mean/var` ->
 `bn.weight/bias/running_mean/running_var`, `fc.kernel (I, O)` -> `fc.weight (O, I)`, and
-`downsample[0]`/`downsample[1]` -> `downsample.0`/`downsample.1`.
-Tolerance: 1e-4 absolute on logits of magnitude ~1 (float32, different convolution algorithms).
+`downsample[0]`/`downsample[1]` -> `downsample.0`/`downsample.1`, `num_batches_tracked` as is.
+The weights go through `jaxloss.parity.nnx_to_torch` (the harness's mapping by layer type).
+Tolerance: 1e-4 absolute on logits of magnitude ~1 (float32, different convolution algorithms),
+and `jaxloss.parity.compare_layers` on every layer in eval and train mode under the harness's
+float64-reference rule (JAX float32 no further from torch float64 than twice torch float32).
+After a train-mode forward every BatchNorm's running mean and running variance (torch's unbiased
+update, compared directly) are within `atol=1e-5, rtol=1e-4` of the float64 torch model's, and
+every `num_batches_tracked` has grown by one.
 """
 
 import functools
@@ -19,35 +25,15 @@ import torch
 from flax import nnx
 from torch_models import TorchResNet
 
+from jaxloss import parity
 from train import models
 
 ATOL = 1e-4
 
 
-def _torch_key(path):
-    *mods, leaf = [str(p) for p in path]
-    name = {
-        "kernel": "weight",
-        "scale": "weight",
-        "bias": "bias",
-        "mean": "running_mean",
-        "var": "running_var",
-    }[leaf]
-    return ".".join([*mods, name])
-
-
-def _to_torch(value, leaf):
-    value = np.asarray(value)
-    if leaf == "kernel" and value.ndim == 4:
-        value = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
-    elif leaf == "kernel":
-        value = value.T  # (in, out) -> (out, in)
-    return torch.from_numpy(np.array(value))  # a writable copy
-
-
 def _randomise_batch_stats(state, rng):
-    return jax.tree.map(
-        lambda v: jnp.asarray(rng.uniform(0.5, 1.5, v.shape), v.dtype) if v.ndim else v, state
+    return jax.tree.map(  # running statistics in [0.5, 1.5], counters 3
+        lambda v: jnp.asarray(rng.uniform(0.5, 1.5, v.shape) if v.ndim else 3, v.dtype), state
     )
 
 
@@ -71,12 +57,10 @@ def test_eval_and_train_forward_match_torch(name, cifar, size):
         params,
     )
     torch_model = TorchResNet((2, 2, 2, 2), classes, width, cifar).double()
-    sd = {}
-    for path, var in nnx.to_flat_state(nnx.merge_state(params, stats)):
-        sd[_torch_key(path)] = _to_torch(var[...], str(path[-1])).double()
-    missing = torch_model.load_state_dict(sd, strict=False)
-    assert missing.unexpected_keys == []
-    assert [k for k in missing.missing_keys if not k.endswith("num_batches_tracked")] == []
+    # the weight mapping of jaxloss.parity (by layer type), which train.pytorch.port agrees with
+    sd = parity.nnx_to_torch(nnx.merge(graphdef, params, stats))
+    torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
+    torch_model.double()
 
     x = rng.normal(size=(3, size, size, 3)).astype(np.float32)
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2)).double()
@@ -97,12 +81,25 @@ def test_eval_and_train_forward_match_torch(name, cifar, size):
         expected = torch_model(xt).numpy()
     out, new_stats = forward(params, stats, x, train=True)
     np.testing.assert_allclose(np.asarray(out), expected, atol=ATOL, rtol=0)
-    # running mean: torch momentum 0.1 == flax momentum 0.9
-    got_mean = np.asarray(new_stats["bn1"]["mean"][...])
-    np.testing.assert_allclose(got_mean, torch_model.bn1.running_mean.numpy(), atol=1e-5)
-    # running var: torch keeps the unbiased batch variance, flax the biased one (n = B*H*W)
-    n = x.shape[0] * (size if cifar else (size + 1) // 2) ** 2
-    old_var = np.asarray(stats["bn1"]["var"][...])
-    batch_var_flax = (np.asarray(new_stats["bn1"]["var"][...]) - 0.9 * old_var) / 0.1
-    batch_var_torch = (torch_model.bn1.running_var.numpy() - 0.9 * old_var) / 0.1
-    np.testing.assert_allclose(batch_var_flax * n / (n - 1), batch_var_torch, rtol=1e-4)
+    # every BatchNorm's statistics, as torch updates them (unbiased running variance, counter)
+    want = torch_model.state_dict()
+    got = parity.nnx_to_torch(nnx.merge(graphdef, params, new_stats))
+    assert sorted(got) == sorted(want)
+    for key, value in got.items():
+        if key.endswith("num_batches_tracked"):
+            assert value.dtype == np.int32 and int(value) == int(want[key]) == 4, key
+        elif "running" in key:
+            np.testing.assert_allclose(value, want[key].numpy(), atol=1e-5, rtol=1e-4, err_msg=key)
+
+    # layer by layer, in float32 against torch float32, judged by the float64-reference rule
+    torch_model.float()
+    torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
+    port = nnx.merge(graphdef, params, stats)
+    xt32 = x.transpose(0, 3, 1, 2)
+    for train in (False, True):
+        report = parity.compare_layers(
+            torch_model, port, xt32, train=train, jax_call=lambda m, v, t=train: m(v, train=t)
+        )
+        assert report.ok, report
+        # every conv, BatchNorm and block (and the head) was compared
+        assert sum(e.name.startswith("layer ") for e in report.entries) >= 4 * 2 * 5 + 2

@@ -26,3 +26,23 @@ class TorchResNet(ResNet):
         if cifar:
             self.conv1 = torch.nn.Conv2d(3, width, 3, 1, 1, bias=False)
             self.maxpool = torch.nn.Identity()
+
+
+def randomise_batch_norm(
+    model: torch.nn.Module, *, bias: bool = False, tracked: int | None = None
+) -> torch.nn.Module:
+    """Random BatchNorm statistics and scales (torch's global RNG), in place.
+
+    ``bias``: also a random shift; ``tracked``: every ``num_batches_tracked`` (None: as is).
+    """
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                if bias:
+                    m.bias.normal_(0, 0.1)
+                if tracked is not None:
+                    m.num_batches_tracked.fill_(tracked)
+    return model

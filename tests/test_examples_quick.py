@@ -115,3 +115,22 @@ def test_finetune_imagefolder_quick(examples, tmp_path):
     assert set(out["checkpoint_epochs"].values()) <= {1, 2}
     assert os.path.isdir(os.path.join(tmp_path, "synthetic_shapes", "train", "circle"))
     assert "best validation accuracy" in text
+
+
+def test_verify_your_port_quick(examples, tmp_path):
+    out = examples("verify_your_port").main(["--quick", "--outdir", str(tmp_path)])
+    assert out["checks"] == {
+        "loss": True,
+        "layers eval": True,
+        "layers train": True,
+        "steps SGD": True,
+    }
+    # the lessons: flax's BatchNorm is caught at its running variance, at the first step
+    assert out["flagged"]["flax nnx.BatchNorm"] == "step 1 buffer/bn1.running_var"
+    assert out["flagged"]["optax.adam"] is not None  # where depends on the sizes
+    assert out["ok"] is True
+    with open(os.path.join(tmp_path, "verify_your_port.txt")) as f:
+        text = f.read()
+    assert "1. Dice loss: 16 comparisons, all passed" in text
+    assert "first failure: step 1 buffer/bn1.running_var" in text
+    assert text.rstrip().splitlines()[-1].startswith("summary: loss ok")

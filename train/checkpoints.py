@@ -16,7 +16,10 @@ flipped bytes in a data file restore as plausible weights. So every save also wr
 the loop state, and every restore recomputes both: a mismatch, or any error orbax raises while
 reading (truncated or missing files), is a `CheckpointError` naming the step. `restore_latest`
 then falls back to the previous epoch and says so (the damaged step is moved to
-`checkpoints/damaged/`, kept for inspection); with no intact step left it raises. Saves are
+`checkpoints/damaged/`, kept for inspection); with no intact step left it raises. An intact
+checkpoint of another structure than the state to restore (one written before BatchNorm kept
+torch's `num_batches_tracked`) is a `CheckpointMismatchError` instead: nothing is moved and
+nothing falls back, since every step of the run has that structure. Saves are
 synchronous: the train step donates the state's buffers, so a background save must not read them.
 """
 
@@ -33,7 +36,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointError", "Checkpoints", "digest"]
+__all__ = ["CheckpointError", "CheckpointMismatchError", "Checkpoints", "digest"]
 
 _KINDS = {"best_loss": ("val_loss", "min"), "best_f1": ("val_f1", "max")}
 _LATEST_KEPT = 2  # the newest and one to fall back to
@@ -41,6 +44,46 @@ _LATEST_KEPT = 2  # the newest and one to fall back to
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable or fails its digest (one line, naming the step)."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """An intact checkpoint whose tree differs from the state to restore (one line)."""
+
+
+def _paths(tree: Any) -> set[str]:
+    """The leaf paths of a pytree (or of orbax's metadata tree) as `a.b.0.c` strings."""
+    out = set()
+    for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+        out.add(".".join(names).removesuffix(".value"))
+    return out
+
+
+def _mismatch(manager, step: int, target: Any) -> str | None:
+    """Why `step`'s saved tree does not fit `target`, or None (same leaves, or no metadata)."""
+    try:
+        metadata = manager.item_metadata(step)["state"]
+        saved = _paths(getattr(metadata, "tree", metadata))
+    except Exception:  # unreadable metadata: the restore's own error says more
+        return None
+    if not saved:  # no metadata (a deleted _METADATA): damage, not another structure
+        return None
+    wanted = _paths(target)
+    missing, unexpected = sorted(wanted - saved), sorted(saved - wanted)
+    if not missing and not unexpected:
+        return None
+    if not unexpected and all(p.endswith("num_batches_tracked") for p in missing):
+        return (
+            "it was written before BatchNorm kept torch's num_batches_tracked "
+            f"({len(missing)} counters missing, e.g. {missing[0]}) and cannot be resumed by this "
+            "version: start a new --workdir"
+        )
+    parts = [
+        f"{len(v)} {k}, e.g. {v[0]}"
+        for k, v in (("missing", missing), ("unexpected", unexpected))
+        if v
+    ]
+    return f"its tree differs from this model's state ({'; '.join(parts)}): start a new --workdir"
 
 
 def digest(tree: Any) -> str:
@@ -137,6 +180,9 @@ class Checkpoints:
                 and meta.get("loop_sha256") == _json_digest(meta.get("loop"))
             )
         except Exception as e:  # orbax raises many types for truncated or missing files
+            why = _mismatch(manager, step, abstract)
+            if why is not None:
+                raise CheckpointMismatchError(f"{where} does not fit: {why}") from None
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise CheckpointError(f"{where} is damaged: {reason}") from None
         if not ok:
@@ -163,6 +209,7 @@ class Checkpoints:
 
         Raises:
           CheckpointError: there is no checkpoint, or none is intact.
+          CheckpointMismatchError: the newest is intact but has another tree than `target`.
         """
         steps = sorted(self.latest.all_steps(), reverse=True)
         if not steps:
@@ -171,6 +218,8 @@ class Checkpoints:
         for step in steps:
             try:
                 return self._restore(self.latest, step, target)
+            except CheckpointMismatchError:  # intact, of an older structure: never quarantined
+                raise
             except CheckpointError as e:
                 errors.append(str(e))
                 moved = self._quarantine(step)

@@ -7,9 +7,10 @@ statistics (and updates the running ones) and drops out; `train=False` (the defa
 running statistics and no dropout. Nothing mode-related is stored on the module, so one graphdef
 serves both.
 
-BatchNorm follows torch (`momentum=0.1` is Flax `momentum=0.9`, `eps=1e-5`); convolutions pad
-explicitly like torch (`'SAME'` pads stride-2 convolutions asymmetrically). Convolution kernels use
-torchvision's Kaiming-normal `fan_out` initialisation.
+BatchNorm is `train.batch_norm.BatchNorm`, torch's (momentum 0.1, eps 1e-5, the unbiased running
+variance, `num_batches_tracked`); convolutions pad explicitly like torch (`'SAME'` pads stride-2
+convolutions asymmetrically). Convolution kernels use torchvision's Kaiming-normal `fan_out`
+initialisation.
 
 References:
   He et al., "Deep Residual Learning for Image Recognition" (2016); torchvision's `resnet.py`;
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from train import names
+from train.batch_norm import BatchNorm
 from train.names import RESNET_DEPTHS
 
 __all__ = [
@@ -39,7 +41,7 @@ __all__ = [
     "register_model",
 ]
 
-_BN_MOMENTUM = 0.9  # torch momentum 0.1
+_BN_MOMENTUM = 0.1  # torch's convention and default (Flax `momentum=0.9`)
 _BN_EPSILON = 1e-5
 _CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -68,10 +70,8 @@ def _conv(
     )
 
 
-def _bn(features: int, *, dtype: Any, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return nnx.BatchNorm(
-        features, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, dtype=dtype, rngs=rngs
-    )
+def _bn(features: int, *, dtype: Any, rngs: nnx.Rngs) -> BatchNorm:
+    return BatchNorm(features, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, dtype=dtype, rngs=rngs)
 
 
 class BasicBlock(nnx.Module):

@@ -10,10 +10,13 @@ assembled from optax building blocks; the PyTorch conventions they reproduce:
   ``nesterov`` steps along ``d + momentum * buf``. ``p -= lr * step``. So
   ``chain(add_decayed_weights(wd), trace(momentum, nesterov), scale_by_learning_rate(lr))``.
 * **Adam**: ``weight_decay`` is PyTorch's L2 term added to the gradient *before* the moments
-  (seed 004's ``Adam(weight_decay=1e-3)``): ``chain(add_decayed_weights(wd), adam(...))``. Bias
-  correction and ``eps`` outside the square root are the same in both libraries
-  (``lr * m_hat / (sqrt(v_hat) + eps)``; optax ``eps_root=0``).
-* **AdamW**: decoupled decay ``p -= lr * (adam_step + wd * p)`` is ``optax.adamw``. PyTorch's
+  (seed 004's ``Adam(weight_decay=1e-3)``): ``chain(add_decayed_weights(wd), adam(...))``, where
+  ``adam`` is optax's ``chain(scale_by_adam, scale_by_learning_rate)`` with ``scale_by_adam``
+  replaced by ``train.adam.scale_by_torch_adam``: optax computes the bias correction
+  ``1 - b2**t`` in float32 from a rounded ``b2`` (6.4e-6 relative too small an update in the first
+  steps at ``b2 = 0.999``), torch in double. ``eps`` is outside the square root in both.
+* **AdamW**: decoupled decay ``p -= lr * (adam_step + wd * p)``, ``optax.adamw``'s chain with the
+  same replacement. PyTorch's
   default ``weight_decay`` for AdamW is 0.01; here the ``weight_decay`` argument is used as given
   (default 0.0, which makes AdamW equal to Adam).
 
@@ -39,6 +42,7 @@ import optax
 from optax import tree_utils as otu
 
 from jaxloss._validate import check_int, check_real
+from train import adam
 
 __all__ = [
     "OPTIMIZERS",
@@ -85,7 +89,9 @@ def _torch_adam(
     parts = []
     if weight_decay:
         parts.append(optax.add_decayed_weights(weight_decay))  # g + wd * p, before the moments
-    parts.append(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps))
+    # optax.adam's own structure, chain(scale, lr), with torch's bias corrections (train/adam.py)
+    scale = adam.scale_by_torch_adam(b1, b2, eps)
+    parts.append(optax.chain(scale, optax.scale_by_learning_rate(learning_rate)))
     return optax.chain(*parts)
 
 
@@ -101,7 +107,11 @@ def _torch_adamw(
 ) -> optax.GradientTransformation:
     """torch.optim.AdamW(lr, betas=(b1, b2), eps, weight_decay): decoupled decay."""
     del momentum, nesterov
-    return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    return optax.chain(  # optax.adamw's structure, with torch's bias corrections
+        adam.scale_by_torch_adam(b1, b2, eps),
+        optax.add_decayed_weights(weight_decay),
+        optax.scale_by_learning_rate(learning_rate),
+    )
 
 
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {

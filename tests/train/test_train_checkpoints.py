@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train.checkpoints import Checkpoints
+from train.checkpoints import CheckpointMismatchError, Checkpoints
 
 
 def _state(v):
@@ -64,4 +64,28 @@ def test_restore_without_checkpoint_is_a_clear_error(tmp_path):
         ckpt.restore_latest(_state(0))
     with pytest.raises(ValueError, match="no best_loss checkpoint"):
         ckpt.restore_best("best_loss", _state(0))
+    ckpt.close()
+
+
+def test_an_older_structure_is_one_clear_error_and_is_not_quarantined(tmp_path):
+    def state(v, counter):
+        bn = {"mean": jnp.full((2,), v, jnp.float32), "var": jnp.ones(2, jnp.float32)}
+        if counter:
+            bn["num_batches_tracked"] = jnp.int32(v)
+        return {"batch_stats": {"bn1": bn}, "step": jnp.int32(v)}
+
+    ckpt = Checkpoints(tmp_path, log=pytest.fail)  # no "falling back" warning either
+    for step in (1, 2):  # written before BatchNorm kept num_batches_tracked
+        ckpt.save_latest(step, state(step, counter=False), {"epoch": step})
+        ckpt.save_best("best_loss", step, state(step, counter=False), {"val_loss": 1.0 / step})
+    for restore in (ckpt.restore_latest, lambda t: ckpt.restore_best("best_loss", t)):
+        with pytest.raises(CheckpointMismatchError) as info:
+            restore(state(0, counter=True))
+        message = str(info.value)
+        assert "\n" not in message and "/2 does not fit: it was written" in message
+        assert "before BatchNorm kept torch's num_batches_tracked" in message
+        assert "batch_stats.bn1.num_batches_tracked" in message and "new --workdir" in message
+    assert ckpt.latest.all_steps() == [1, 2] and not (tmp_path / "damaged").exists()
+    restored, _ = ckpt.restore_latest(state(0, counter=False))  # the old structure still reads
+    assert int(restored["step"]) == 2
     ckpt.close()

@@ -85,7 +85,7 @@ def test_torchvision_paths_and_batchnorm_settings():
     assert not any(p.startswith("layer1.0.downsample") for p in paths)
     assert model.conv1.kernel.shape == (7, 7, 3, 64) and model.conv1.padding == ((3, 3), (3, 3))
     assert model.layer2[0].conv1.padding == ((1, 1), (1, 1))
-    assert model.bn1.momentum == 0.9 and model.bn1.epsilon == 1e-5
+    assert model.bn1.momentum == 0.1 and model.bn1.epsilon == 1e-5  # torch's convention
     assert model.fc.kernel.shape == (512, 1000)
 
 

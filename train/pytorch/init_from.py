@@ -59,7 +59,8 @@ def init_from_torch(
       log: where the one-line note about a replaced head goes.
 
     Returns:
-      The state with loaded `params` and `batch_stats` and a fresh optimiser state.
+      The state with loaded `params` and `batch_stats` (BatchNorm counters included: training
+      continues torch's `num_batches_tracked`) and a fresh optimiser state.
 
     Raises:
       train.pytorch.port.PortError: the checkpoint does not fit (listing the keys and shapes).
@@ -103,18 +104,15 @@ def init_from_torch(
 def export_torch(state: Any, path: str, *, model: str) -> None:
     """Writes `state`'s params and BatchNorm statistics to `path` as a torch state_dict.
 
-    Keys and order are torchvision's (or seed 004's for `*_cifar`); `num_batches_tracked` is the
-    state's step count (torch counts train-mode forward passes: this run's micro-steps).
+    Keys and order are torchvision's (or seed 004's for `*_cifar`). Each BatchNorm's
+    `num_batches_tracked` is its own counter, as torch keeps it: one per train-mode forward pass
+    (every micro-batch under gradient accumulation, and under `--freeze-backbone` too, whose
+    BatchNorms still run in train mode), continuing from the `--init-from` checkpoint's count.
 
     Args:
       state: a `train.step.TrainState` of a ResNet `model`.
       path: the output `.pth` file (written atomically).
       model: the `train.models` name.
     """
-    state_dict = port.to_torch(
-        state.params,
-        state.batch_stats,
-        layout=port.LAYOUTS[model],
-        num_batches_tracked=int(state.step),
-    )
+    state_dict = port.to_torch(state.params, state.batch_stats, layout=port.LAYOUTS[model])
     port.save_state_dict(state_dict, path)

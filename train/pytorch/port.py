@@ -29,13 +29,12 @@ Conversions, leaf by leaf (all exact: transposes and copies, no arithmetic):
   `kernel (in, out)`; Linear `bias` copied. Images are NCHW in torch and NHWC in Flax
   (`x.transpose(0, 2, 3, 1)`); flattening happens after a global pool, so no feature reordering.
 - BatchNorm: `weight` <-> `scale`, `bias` <-> `bias`, `running_mean` <-> `batch_stats` `mean`,
-  `running_var` <-> `batch_stats` `var`, copied 1:1. Both normalise with `eps = 1e-5` and the stored
-  variance in eval mode, so eval outputs agree. In train mode both normalise with the *biased* batch
-  variance, but torch updates `running_var` with the *unbiased* one (`n / (n - 1)`, `n = B*H*W`)
-  and Flax with the biased one: running variances drift apart by that factor times the momentum
-  (torch momentum 0.1 is Flax `momentum=0.9`); the running means agree. `num_batches_tracked`
-  (int64) has no Flax counterpart: it is dropped on import and written on export (`to_torch`'s
-  `num_batches_tracked`, e.g. the number of train steps taken).
+  `running_var` <-> `batch_stats` `var`, copied 1:1, and `num_batches_tracked` (int64) <->
+  `num_batches_tracked` (int32: JAX runs without 64-bit types). `train.batch_norm.BatchNorm` is
+  torch's in both modes (eps 1e-5, momentum 0.1, the unbiased `n / (n - 1)` running variance, one
+  count per train-mode forward), so statistics and counters stay equal through training. A file
+  without `num_batches_tracked` (torch before 0.4.1) loads with the model's own counter (0 for a
+  fresh model), as torch's `_BatchNorm._load_from_state_dict` fills it in for such files.
 - Padding: the Flax models pad explicitly like torch, `((1, 1), (1, 1))` on 3x3 convolutions and
   `((3, 3), (3, 3))` on the 7x7 stem; `'SAME'` would pad `(0, 1)` on stride-2 layers of even inputs
   (same shapes, different values). The stem's `MaxPool2d(3, 2, padding=1)` pads with -inf, as
@@ -95,6 +94,7 @@ _LEAF = {
     "bias": "bias",
     "mean": "running_mean",
     "var": "running_var",
+    "num_batches_tracked": "num_batches_tracked",
 }
 _CIFAR_STEM = {"conv1": "base.0", "bn1": "base.1"}
 _CIFAR_BLOCK = {
@@ -124,6 +124,7 @@ _RANK = {
     "num_batches_tracked": 4,
 }
 _MAX_LISTED = 12
+_INT32_MAX = 2**31 - 1
 
 
 def _check_layout(layout: str) -> None:
@@ -188,6 +189,10 @@ def _listed(items: list[str]) -> str:
     return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
 
 
+def _is_count(value: np.ndarray) -> bool:
+    return np.issubdtype(value.dtype, np.integer) and 0 <= int(value) <= _INT32_MAX
+
+
 def _flat(state: nnx.State) -> list[tuple[tuple[Any, ...], Any]]:
     return list(nnx.to_flat_state(state))
 
@@ -204,7 +209,10 @@ def from_torch(
 
     Args:
       state_dict: torch key -> array (numpy arrays or anything `np.asarray` takes; torch tensors
-        via `load_state_dict`). `*.num_batches_tracked` entries are accepted and ignored.
+        via `load_state_dict`). A missing `*.num_batches_tracked` is no error: that counter keeps
+        its value from `batch_stats` (0 for a fresh or an abstract model), as torch's
+        `load_state_dict` keeps the module's own counter for files written before the buffer
+        existed (torch < 0.4.1). Counters are ignored when `batch_stats` has none.
       params: the model's `nnx.Param` state (`nnx.split(model, nnx.Param, nnx.BatchStat)[1]`);
         gives the structure, shapes and dtypes.
       batch_stats: the model's `nnx.BatchStat` state.
@@ -216,8 +224,8 @@ def from_torch(
       `(params, batch_stats)`: new states with the same structure, values from `state_dict`.
 
     Raises:
-      PortError: listing every missing key, unexpected key and shape mismatch (shapes in torch's
-        layout).
+      PortError: listing every missing key, unexpected key, shape mismatch (shapes in torch's
+        layout) and counter that is not an integer in [0, 2**31 - 1].
 
     Examples:
       >>> from train import models
@@ -235,7 +243,7 @@ def from_torch(
     _check_layout(layout)
     keep = set(keep)
     used: set[str] = set()
-    missing, mismatched = [], []
+    missing, mismatched, bad = [], [], []
     loaded: list[dict[tuple[Any, ...], np.ndarray]] = []
     for state in (params, batch_stats):
         values = {}
@@ -247,9 +255,17 @@ def from_torch(
                 used.add(key)
                 continue
             if key not in state_dict:
-                missing.append(key)
-                continue
+                if leaf != "num_batches_tracked":
+                    missing.append(key)
+                elif isinstance(target, jax.ShapeDtypeStruct):  # an abstract model: a fresh 0
+                    values[path] = np.zeros(target.shape, target.dtype)
+                continue  # torch's rule for a missing counter: the module keeps its own
             used.add(key)
+            if leaf == "num_batches_tracked":
+                count = np.asarray(state_dict[key])
+                if count.shape != () or not _is_count(count):
+                    bad.append(f"{key} ({count.dtype} {count.tolist()!r})")
+                    continue
             value = _to_flax_layout(np.asarray(state_dict[key]), leaf)
             if value.shape != tuple(target.shape):
                 mismatched.append(
@@ -257,10 +273,10 @@ def from_torch(
                     f"model {_torch_shape(tuple(target.shape), leaf)})"
                 )
                 continue
-            values[path] = np.ascontiguousarray(value, dtype=target.dtype)
+            values[path] = np.array(value, dtype=target.dtype, order="C")  # 0-d stays 0-d
         loaded.append(values)
     unexpected = [k for k in state_dict if k not in used and not k.endswith("num_batches_tracked")]
-    if missing or unexpected or mismatched:
+    if missing or unexpected or mismatched or bad:
         missing.sort(key=_order)
         parts = [
             f"{name}: {_listed(items)}"
@@ -268,6 +284,7 @@ def from_torch(
                 ("missing keys", missing),
                 ("unexpected keys", unexpected),
                 ("shape mismatches", mismatched),
+                ("counters not an int32 count", bad),
             )
             if items
         ]
@@ -289,17 +306,18 @@ def to_torch(
     batch_stats: nnx.State,
     *,
     layout: str,
-    num_batches_tracked: int | Mapping[str, int] = 0,
+    num_batches_tracked: int | Mapping[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Exports a Flax ResNet's `params` and `batch_stats` as a torch-named state_dict (numpy).
 
     Args:
       params: the model's `nnx.Param` state.
-      batch_stats: its `nnx.BatchStat` state.
+      batch_stats: its `nnx.BatchStat` state; each BatchNorm's `num_batches_tracked` is exported
+        as torch's (a state without counters exports 0).
       layout: `"torchvision"` or `"cifar"`.
-      num_batches_tracked: the value of every BatchNorm's `num_batches_tracked` (torch counts the
-        train-mode forward passes: the number of train steps), or a mapping from those keys to
-        values (e.g. taken from the imported state_dict, for an exact round trip).
+      num_batches_tracked: deprecated (the counters are in `batch_stats` now): `None` exports the
+        stored counters; an int overrides every counter, a mapping from torch keys to values the
+        counters it names.
 
     Returns:
       An ordered dict, torch's key order: float arrays in torch's layout (OIHW, `(out, in)`) and
@@ -310,31 +328,38 @@ def to_torch(
       >>> m = nnx.eval_shape(lambda: models.create_model(
       ...     "resnet34", num_classes=4, image_shape=(32, 32, 3), width=2, rngs=nnx.Rngs(0)))
       >>> _, p, s = nnx.split(m, nnx.Param, nnx.BatchStat)
-      >>> p, s = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), (p, s))
-      >>> sd = to_torch(p, s, layout="torchvision", num_batches_tracked=7)
+      >>> p, s = jax.tree.map(lambda x: np.full(x.shape, 7, x.dtype), (p, s))
+      >>> sd = to_torch(p, s, layout="torchvision")
       >>> list(sd)[:6]
       ['conv1.weight', 'bn1.weight', 'bn1.bias', 'bn1.running_mean', 'bn1.running_var',
        'bn1.num_batches_tracked']
       >>> sd["conv1.weight"].shape, sd["bn1.num_batches_tracked"], len(sd)
       ((2, 3, 7, 7), array(7), 218)
+      >>> to_torch(p, s, layout="torchvision", num_batches_tracked=0)["bn1.num_batches_tracked"]
+      array(0)
     """
     _check_layout(layout)
     out: dict[str, np.ndarray] = {}
     for state in (params, batch_stats):
         for path, var in _flat(state):
             leaf = str(path[-1])
-            out[torch_key(path, layout=layout)] = np.ascontiguousarray(
-                _to_torch_layout(np.asarray(var.get_value()), leaf)
+            key = torch_key(path, layout=layout)
+            value = np.asarray(var.get_value())
+            if leaf == "num_batches_tracked":
+                out[key] = np.asarray(int(value), np.int64)
+                continue
+            out[key] = np.ascontiguousarray(_to_torch_layout(value, leaf))
+            counter = key.removesuffix("running_mean") + "num_batches_tracked"
+            if leaf == "mean" and counter not in out:  # a state without counters: 0
+                out[counter] = np.asarray(0, np.int64)
+    if num_batches_tracked is not None:
+        for key in [k for k in out if k.endswith("num_batches_tracked")]:
+            n = (
+                num_batches_tracked.get(key, out[key])
+                if isinstance(num_batches_tracked, Mapping)
+                else num_batches_tracked
             )
-            if leaf == "mean":
-                key = torch_key(path, layout=layout).removesuffix("running_mean")
-                key += "num_batches_tracked"
-                n = (
-                    num_batches_tracked[key]
-                    if isinstance(num_batches_tracked, Mapping)
-                    else num_batches_tracked
-                )
-                out[key] = np.asarray(int(n), np.int64)
+            out[key] = np.asarray(int(n), np.int64)
     return {k: out[k] for k in sorted(out, key=_order)}
 
 
