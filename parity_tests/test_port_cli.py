@@ -158,6 +158,19 @@ def test_verify_train_steps_match_for_sgd_and_adam(tmp_path):
     assert "training steps:" not in out  # the full table only on failure or with --verbose
 
 
+def test_verify_synced_steps_start_each_step_from_the_float64_state(tmp_path):
+    """--synced: every step starts from the float64 run's state, so step 3 is as close as step 1."""
+    _trained_checkpoint(tmp_path / "r18.pth", num_classes=5)
+    status, out, err = _verify(
+        [tmp_path / "r18.pth", *TRAIN, "--train-steps", "3", "--optimizer", "adam", "--synced"]
+    )
+    assert status == 0 and err == "", (err, out)
+    assert "every step from the float64 reference's state (--synced)" in out
+    rows = out.split("adam (lr 0.0001, eps 0.001): ", 1)[1].splitlines()[2:5]
+    params = [float(r.split()[3]) for r in rows]
+    assert all(p < 1e-5 for p in params), rows  # no drift carried over from step to step
+
+
 def test_verify_train_steps_fail_on_a_mismatched_optimizer(tmp_path, monkeypatch):
     """torch's SGD (float32 and float64) steps 1% further than Flax's: step 1 must fail."""
     _trained_checkpoint(tmp_path / "r18.pth", num_classes=5)

@@ -5,7 +5,7 @@ Builds the PyTorch ResNet (torchvision's parameter names, `train.pytorch.models`
 the same batch, with a float64 copy of the torch model as the reference, and prints
 `max |logit diff| = X (relative R; max |logit| M)` and whether the Flax logits are within the
 float64-reference rule of `jaxloss.parity` (their error against float64 at most twice torch
-float32's own, plus 8 ulp of the largest logit): the user's own proof that the port is exact.
+float32's own, plus 32 ulp of the largest logit): the user's own proof that the port is exact.
 `--train-steps K` then takes K optimizer steps on both sides (`train.pytorch.verify_steps`) and
 compares the loss, parameters, optimizer moments and BatchNorm statistics after every step. The
 class count, width and input channels come from the checkpoint (`fc.weight` rows,
@@ -128,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1e-3,
         help="Adam's eps on both sides (torch's default 1e-8 makes tiny gradients coin tosses)",
+    )
+    t.add_argument(
+        "--synced",
+        action="store_true",
+        help="start every step of both float32 sides from the float64 reference's state, so "
+        "that each step is judged on its own (default: free-running trajectories)",
     )
     t.add_argument("--verbose", action="store_true", help="print every comparison of every step")
     return p

@@ -214,7 +214,10 @@ def _torch_optimizer(name: str, params: Any, lr: float, eps: float) -> Any:
     return torch.optim.Adam(params, lr=lr, eps=eps)
 
 
-def _torch_loop(model: Any, optimizer_name: str, lr: float, eps: float) -> Callable[[Any], dict]:
+def _torch_loop(
+    model: Any, optimizer_name: str, lr: float, eps: float
+) -> tuple[Callable[[Any], dict], Any]:
+    """``(step, optimizer)``: one torch training step on ``model``, and its optimizer."""
     import torch
     import torch.nn.functional as F
 
@@ -230,7 +233,7 @@ def _torch_loop(model: Any, optimizer_name: str, lr: float, eps: float) -> Calla
         opt.step()
         return parity.torch_training_state(model, opt, loss=loss.detach())
 
-    return step
+    return step, opt
 
 
 def compare_training(
@@ -245,6 +248,7 @@ def compare_training(
     lr: float,
     batches: list[tuple[np.ndarray, np.ndarray]],
     adam_eps: float = ADAM_EPS,
+    synced: bool = False,
 ) -> TrainingComparison:
     """Trains torch (float32 and float64) and Flax from ``state_dict`` and compares every step.
 
@@ -252,9 +256,10 @@ def compare_training(
     tie routes that step's gradient differently on one side, and everything after differs from
     float64 by far more than rounding (BatchNorm over few values per channel amplifies it). It
     strikes torch and Flax alike, at random. Measured on width-64 ResNet-18s, batches of 8, 5
-    steps: at 64 px, 5 of 6 optimizer runs (3 checkpoints and seeds) matched throughout, one Adam
-    run diverged at step 2 (an Adam first moment 2% of its largest element off, where torch's
-    stayed within rounding); at 224 px both optimizers failed at step 1 in both runs, on the
+    steps: at 64 px, 6 of 9 optimizer runs (3 checkpoints, 3 seeds) matched throughout, three
+    Adam runs diverged at step 2 or 3 (e.g. an Adam first moment 2% of its largest element off,
+    where torch's stayed within rounding); at 224 px, with the maximum held to 2x torch's (it is
+    10x now, `RULES`), both optimizers failed at step 1 in both runs, on the
     gradients of one channel through several blocks (max error 3.5x and 6x torch's, RMS within
     1.3x and 2.1x: one kink event among 10^7 activations); at 32 px (a 1x1 last stage) both
     optimizers diverged by step 3. A porting error instead shows from step 1 on every tensor it
@@ -271,6 +276,10 @@ def compare_training(
       lr: the learning rate of both sides.
       batches: ``(images NCHW float32, labels int)`` pairs, one per step.
       adam_eps: Adam's ``eps`` on all sides (`ADAM_EPS`).
+      synced: start every step of both float32 sides from the float64 reference's state
+        (parameters, running statistics, counters, optimizer moments and step, rounded to
+        float32), so that each step is compared on its own and float32 chaos cannot carry over;
+        False (the default): free-running trajectories, compared after every step.
 
     Returns:
       The `TrainingComparison`: the `jaxloss.parity.Report` and the per-step summary rows.
@@ -281,7 +290,7 @@ def compare_training(
 
     from train import models
     from train import step as step_lib
-    from train.pytorch import port
+    from train.pytorch import port, step_sync
 
     _, channels, height, side = batches[0][0].shape
     abstract = nnx.eval_shape(
@@ -322,8 +331,9 @@ def compare_training(
         loss = np.float32(m.loss_sum) / np.float32(m.count)  # float32, as torch's
         return parity.nnx_training_state(new.model(), new.opt_state, loss=loss, rename=rename)
 
-    torch32 = _torch_loop(copy.deepcopy(torch_model).float(), optimizer, lr, adam_eps)
-    torch64 = _torch_loop(copy.deepcopy(torch_model).double(), optimizer, lr, adam_eps)
+    model32, model64 = copy.deepcopy(torch_model).float(), copy.deepcopy(torch_model).double()
+    torch32, opt32 = _torch_loop(model32, optimizer, lr, adam_eps)
+    torch64, opt64 = _torch_loop(model64, optimizer, lr, adam_eps)
     seen: list[tuple[dict, dict]] = []
 
     def torch_step(batch: tuple[np.ndarray, np.ndarray]) -> dict:
@@ -332,6 +342,13 @@ def compare_training(
         return out
 
     def recorded_flax_step(batch: tuple[np.ndarray, np.ndarray]) -> dict:
+        # runs first in each step (compare_steps' order: jax, torch, reference): both float32
+        # sides start the step from the float64 reference's state, so no error carries over
+        if synced and seen:
+            step_sync.sync_torch(model32, opt32, model64, opt64)
+            holder["state"] = step_sync.sync_flax(
+                holder["state"], model64, opt64, layout=layout, step=len(seen)
+            )
         holder["last"] = flax_step(batch)
         return holder["last"]
 
@@ -399,7 +416,12 @@ def report_training(
     log(
         f"training: {args.train_steps} step(s) per optimizer on batches of "
         f"{args.train_batch_size} random {tuple(batches[0][0].shape[1:])} images, torch "
-        "(float32, float64 reference) and Flax (train.step.train_step) from the checkpoint"
+        "(float32, float64 reference) and Flax (train.step.train_step) from the checkpoint; "
+        + (
+            "every step from the float64 reference's state (--synced)"
+            if getattr(args, "synced", False)
+            else "free-running (--synced: every step from the float64 state)"
+        )
     )
     first = None
     for name in names:
@@ -415,6 +437,7 @@ def report_training(
             lr=lr,
             batches=batches,
             adam_eps=args.adam_eps,
+            synced=getattr(args, "synced", False),
         )
         extra = f"momentum {MOMENTUM:g}" if name == "sgd" else f"eps {args.adam_eps:g}"
         setting = f"lr {lr:g}, {extra}"
@@ -437,10 +460,11 @@ def report_training(
     )
     if first is not None:
         log(
-            "A port error fails from step 1 on, with jax err far above torch err on the tensors "
-            "it touches. A failure after matching steps is usually float32 chaos: an activation "
-            "within rounding of a ReLU or max-pool kink on one side only (it strikes torch "
-            "too); another --seed tells them apart."
+            "A port error fails at every step, with jax err far above torch err on the tensors "
+            "it touches. A failure at one step among matching ones is usually a float32 kink "
+            "event: an activation within rounding of a ReLU or max-pool kink on one side only "
+            "(it strikes torch too), which reroutes one gradient element and everything upstream "
+            "of it; another --seed tells them apart."
         )
         name, entry = first
         raise ValueError(

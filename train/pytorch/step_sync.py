@@ -1,0 +1,76 @@
+"""Setting a float32 torch model and a Flax `TrainState` to a (float64) torch run's state.
+
+`train.pytorch.verify_steps` starts every compared training step of both float32 sides from the
+float64 reference's state, rounded: parameters, BatchNorm running statistics and counters, and
+the optimizer's moments and step, so that each step is judged on its own and float32 chaos (an
+activation within rounding of a ReLU or max-pool kink) cannot carry over from one step to the
+next.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["sync_flax", "sync_torch"]
+
+
+def sync_torch(model: Any, opt: Any, src: Any, src_opt: Any) -> None:
+    """Sets a float32 torch model and optimizer to a (float64) source's state, rounded."""
+    import torch
+
+    model.load_state_dict(src.state_dict())  # copy_ rounds to the destination's dtype
+    opt.state.clear()
+    for p, q in zip(model.parameters(), src.parameters(), strict=True):
+        if q in src_opt.state:
+            opt.state[p] = {
+                k: v.detach().to(p.dtype).clone()
+                if torch.is_tensor(v) and v.is_floating_point()
+                else v  # fmt: skip
+                for k, v in src_opt.state[q].items()
+            }
+
+
+def sync_flax(state: Any, src: Any, src_opt: Any, *, layout: str, step: int) -> Any:
+    """A `train.step.TrainState` holding a torch model's and optimizer's state, in float32.
+
+    Parameters, running statistics and counters go through `train.pytorch.port.from_torch`, and
+    so do the optimizer moments (each in the parameters' layout), into optax's ``trace`` (SGD) or
+    ``mu`` / ``nu`` and ``count`` (Adam) by name.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from train.pytorch import port
+
+    sd = {k: v.detach().cpu().numpy() for k, v in src.state_dict().items()}
+    params, stats = port.from_torch(sd, state.params, state.batch_stats, layout=layout)
+    names = {id(p): n for n, p in src.named_parameters()}
+    moments: dict[str, Any] = {}
+    count = 0
+    for optax_name, torch_name in (("trace", "momentum_buffer"), ("mu", "exp_avg"),
+                                   ("nu", "exp_avg_sq")):  # fmt: skip
+        values = {
+            names[id(q)]: st[torch_name].detach().cpu().numpy()
+            for q, st in src_opt.state.items()
+            if torch_name in st
+        }
+        for st in src_opt.state.values():
+            count = int(st.get("step", count))
+        if values:
+            moments[optax_name], _ = port.from_torch(
+                {**sd, **values}, state.params, state.batch_stats, layout=layout
+            )
+    leaves = {k: iter(jax.tree.leaves(v)) for k, v in moments.items()}
+
+    def put(path: tuple[Any, ...], leaf: Any) -> Any:
+        keys = [getattr(k, "name", None) for k in path]
+        for name, it in leaves.items():
+            if name in keys:
+                return next(it)
+        if keys[-1:] == ["count"] and "ScaleByAdamState" in str(path):
+            return jnp.asarray(count, leaf.dtype)  # Adam's bias-correction step
+        return leaf
+
+    opt_state = jax.tree_util.tree_map_with_path(put, state.opt_state)
+    step_count = jnp.asarray(step, jnp.int32)
+    return state.replace(step=step_count, params=params, batch_stats=stats, opt_state=opt_state)
