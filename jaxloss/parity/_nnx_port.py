@@ -118,11 +118,17 @@ def slots(model: Any, *, rename: Rename = None) -> list[Slot]:
     return sorted(out, key=lambda s: s.torch_key)
 
 
-def _variable(model: Any, path: tuple[Any, ...]) -> Any:
+def variable(model: Any, path: tuple[Any, ...]) -> Any:
+    """The NNX variable at ``path`` (a `Slot.path`) of ``model``."""
     obj = model
     for p in path:
         obj = obj[p] if isinstance(p, int) else getattr(obj, p)
     return obj
+
+
+def torch_value(model: Any, slot: Slot) -> np.ndarray:
+    """The slot's variable in torch's layout, as a writable NumPy copy."""
+    return np.array(slot.to_torch(np.asarray(variable(model, slot.path)[...])))
 
 
 def torch_to_nnx(
@@ -166,7 +172,7 @@ def torch_to_nnx(
     for slot in table:
         if slot.torch_key not in state_dict:
             continue
-        var = _variable(model, slot.path)
+        var = variable(model, slot.path)
         value = slot.to_flax(layout.to_numpy(state_dict[slot.torch_key]))
         if value.shape != tuple(var.shape):
             wrong.append(f"{slot.torch_key} {value.shape} vs {tuple(var.shape)}")
@@ -189,7 +195,4 @@ def nnx_to_torch(model: Any, *, rename: Rename = None) -> dict[str, np.ndarray]:
       >>> sd["weight"].shape, sd["bias"].shape
       ((8, 3, 5, 5), (8,))
     """
-    return {
-        s.torch_key: np.array(s.to_torch(np.asarray(_variable(model, s.path)[...])))
-        for s in slots(model, rename=rename)
-    }
+    return {s.torch_key: torch_value(model, s) for s in slots(model, rename=rename)}

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from jaxloss.parity import layout
-from jaxloss.parity._nnx_port import Rename, nnx_to_torch, slots
+from jaxloss.parity._nnx_port import Rename, slots, torch_value, variable
 from jaxloss.parity._report import Entry, Report
 from jaxloss.parity._rules import Close, Reference, Rule, Verdict, judge
 
@@ -96,12 +96,10 @@ def nnx_training_state(
     from flax import nnx
 
     table = slots(model, rename=rename)
-    sd = nnx_to_torch(model, rename=rename)
-    params = {s.path for s in table if isinstance(_get(model, s.path), nnx.Param)}
     out = {} if loss is None else {"loss": layout.to_numpy(loss)}
     for s in table:
-        kind = "param" if s.path in params else "buffer"
-        out[f"{kind}/{s.torch_key}"] = sd[s.torch_key]
+        kind = "param" if isinstance(variable(model, s.path), nnx.Param) else "buffer"
+        out[f"{kind}/{s.torch_key}"] = torch_value(model, s)
     if opt_state is not None:
         import optax
 
@@ -116,13 +114,6 @@ def nnx_training_state(
                     slot = by_path[path]
                     out[f"opt/{torch_name}/{slot.torch_key}"] = slot.to_torch(np.asarray(value))
     return out
-
-
-def _get(model: Any, path: tuple[Any, ...]) -> Any:
-    obj = model
-    for p in path:
-        obj = obj[p] if isinstance(p, int) else getattr(obj, p)
-    return obj
 
 
 def _rule_for(key: str, rules: Mapping[str, Rule], default: Rule) -> Rule:

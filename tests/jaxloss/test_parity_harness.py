@@ -376,3 +376,53 @@ def test_compare_steps_rules_by_key_prefix_exclusions_and_the_summary():
     assert "all passed" in r.summary(rows=2) and "... 2 more" in r.summary(rows=2)
     with pytest.raises(ValueError, match="needs reference_step="):
         parity.compare_steps(jax_step, torch_step, [1.0], tolerance={"opt/": parity.Reference()})
+
+
+def test_the_maximum_catches_one_bad_element_an_rmse_dilutes_and_max_k_none_drops_it():
+    x = np.random.default_rng(0).normal(size=100_000)
+    x[12345] = 1.0
+
+    def one_off(v):  # one element in 100,000 is 1e-4 relative off
+        return (v * 1.0).at[12345].multiply(1 + 1e-4)
+
+    r = parity.compare(one_off, lambda t: t * 1.0, [x], dtypes=("float32",))
+    value = r.entries[0]
+    assert "max error" in value.verdict.reason and value.verdict.abs_at == (12345,)
+    r = parity.compare(
+        one_off, lambda t: t * 1.0, [x], dtypes=("float32",),
+        tolerance=parity.Reference(max_k=None),
+    )  # fmt: skip
+    assert r.entries[0].passed  # the RMSE alone does not see it: why the maximum is checked
+    # below the floor (32 ulps of the largest value, here |x| ~ 4.3) one element passes
+    r = parity.compare(
+        lambda v: (v * 1.0).at[12345].multiply(1 + 3e-6), lambda t: t * 1.0, [x],
+        dtypes=("float32",),
+    )  # fmt: skip
+    assert r.entries[0].passed
+
+
+def test_importing_the_harness_imports_neither_torch_nor_flax():
+    import subprocess
+    import sys
+
+    code = "import sys, jaxloss.parity; print('torch' in sys.modules, 'flax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_layouts_for_one_and_three_spatial_dimensions():
+    for w, k in ((np.zeros((8, 3, 5)), (5, 3, 8)), (np.zeros((8, 3, 2, 4, 5)), (2, 4, 5, 3, 8))):
+        assert parity.layout.conv_kernel_to_flax(w).shape == k
+        assert parity.layout.conv_kernel_to_torch(np.zeros(k)).shape == w.shape
+    x = np.arange(2 * 3 * 4.0).reshape(2, 3, 4)  # (N, C, L)
+    np.testing.assert_array_equal(parity.layout.nchw_to_nhwc(x), np.moveaxis(x, 1, -1))
+
+
+def test_a_counter_the_nnx_batchnorm_lacks_is_skipped_and_a_float_loss_takes_the_param_dtype():
+    tm, _ = _pair()
+    fm = _NnxNet(nnx.Rngs(0), nnx.BatchNorm)
+    loaded = parity.torch_to_nnx(tm.state_dict(), fm)
+    assert "bn.num_batches_tracked" not in loaded and "bn.running_var" in loaded
+    np.testing.assert_array_equal(np.asarray(fm.bn.var[...]), tm.bn.running_var.numpy())
+    state = parity.torch_training_state(tm, loss=1.5)  # loss.item(): a Python float
+    assert state["loss"].dtype == np.float32

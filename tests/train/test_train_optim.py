@@ -144,3 +144,22 @@ def test_works_with_nnx_optimizer(accum_steps):
     for _ in range(accum_steps):
         opt.update(model, grads)
     np.testing.assert_allclose(kernel - np.asarray(model.kernel[...]), 0.5, rtol=1e-6)
+
+
+def test_torch_adam_bias_correction_is_within_3e_7_of_double_precision():
+    import math
+
+    import jax.numpy as jnp
+
+    from train.adam import bias_correction
+
+    worst = 0.0
+    for decay in (0.5, 0.9, 0.99, 0.999, 0.9999):
+        for count in (*range(1, 200), 1000, 10**4, 10**5, 10**6):
+            got = float(bias_correction(decay, jnp.int32(count)))
+            exact = -math.expm1(count * math.log(decay))
+            worst = max(worst, abs(got - exact) / exact)
+    assert worst <= 3e-7, worst  # measured 2.9e-7 (decay 0.99, count 2: 2.0e-7)
+    # optax's float32 formula at the first step is 1.3e-5 off
+    optax_first = float(1 - jnp.float32(0.999) ** 1)
+    assert abs(optax_first - 1e-3) / 1e-3 > 1e-5
