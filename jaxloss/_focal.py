@@ -125,8 +125,8 @@ def _focal_loss(
         labels, view.num_classes, ignore_index, where
     )
     if from_logits:
-        log_pt, log1m_pt, _ = log_probs(*target_stats(x, safe))
-        modulator = jnp.exp(gamma * log1m_pt)  # log1m_pt is finite, so gamma = 0 gives exactly 1
+        z_t, lse_o = target_stats(x, safe)
+        per_example, example_weight = focal_terms(z_t, lse_o, safe, gamma, alpha, weight)
     else:
         p_t = jnp.sum(jnp.where(_layout.is_target(safe, view.num_classes), x, 0), axis=1)
         log_pt = jnp.log(jnp.maximum(p_t, jnp.finfo(dtype).tiny))
@@ -137,7 +137,14 @@ def _focal_loss(
         modulator = jnp.where(
             positive, jnp.where(positive, one_minus, 1) ** gamma, jnp.where(gamma == 0, 1.0, 0.0)
         )
-    per_example = -modulator * log_pt
+        per_example, example_weight = _weighted(-modulator * log_pt, safe, alpha, weight)
+    out = _reduction.finish(per_example, counted, out_of_range, example_weight, reduction)
+    return view.unbatch(out) if reduction == "none" else out
+
+
+def _weighted(per_example, safe, alpha, weight):
+    """``alpha_t * w_t * per_example`` and the example weights ``w_t`` (None without weights)."""
+    dtype = per_example.dtype
     if alpha is not None:
         per_example = per_example * (
             alpha.astype(dtype) if alpha.ndim == 0 else alpha.astype(dtype)[safe]
@@ -146,5 +153,23 @@ def _focal_loss(
     if weight is not None:
         example_weight = weight.astype(dtype)[safe]
         per_example = per_example * example_weight
-    out = _reduction.finish(per_example, counted, out_of_range, example_weight, reduction)
-    return view.unbatch(out) if reduction == "none" else out
+    return per_example, example_weight
+
+
+def focal_terms(
+    z_t: jax.Array,
+    lse_o: jax.Array,
+    safe: jax.Array,
+    gamma: jax.Array,
+    alpha: jax.Array | None,
+    weight: jax.Array | None,
+) -> tuple[jax.Array, jax.Array | None]:
+    """Per-example focal losses from the row statistics, and the example weights ``w_t``.
+
+    ``-alpha_t w_t (1 - p_t)**gamma log p_t`` with both logs exact (`log_probs`); shared by
+    `focal_loss` and `jaxloss.linear_focal_loss`. ``safe``: labels in ``[0, C)``.
+    """
+    log_pt, log1m_pt, _ = log_probs(z_t, lse_o)
+    gamma = jnp.asarray(gamma, z_t.dtype)
+    modulator = jnp.exp(gamma * log1m_pt)  # log1m_pt is finite, so gamma = 0 gives exactly 1
+    return _weighted(-modulator * log_pt, safe, alpha, weight)

@@ -234,20 +234,47 @@ def _cross_entropy(
     view, x, labels, where = _layout.index_inputs(logits.astype(dtype), labels, where, axis)
     num_classes = view.num_classes
     safe, counted, out_of_range = _reduction.mask_labels(labels, num_classes, ignore_index, where)
-    example_weight = None if weight is None else weight.astype(dtype)[safe]
+    class_weight: jax.Array | None = None
     if smooth:
         # sum_j w_j (-log p_j) = lse * sum(w) - z @ w: the class reduction z @ w and its gradient
         # are fused into target_stats' passes instead of materialising -log p of the logits' shape.
-        class_weight = jnp.ones((num_classes,), dtype) if weight is None else weight.astype(dtype)
-        z_t, lse_o, z_dot_w = target_stats_dot(x, safe, class_weight)
+        class_weight = vector = smoothing_vector(weight, num_classes, dtype)
+        z_t, lse_o, z_dot_w = target_stats_dot(x, safe, vector)
     else:
-        z_t, lse_o = target_stats(x, safe)
-    log_pt, _, lse = log_probs(z_t, lse_o)
-    nll = -log_pt if example_weight is None else -log_pt * example_weight
-    per_example = nll
-    if smooth:
-        smoothing = jnp.asarray(smoothing, dtype)
-        smooth_term = lse * jnp.sum(class_weight) - z_dot_w
-        per_example = (1 - smoothing) * nll + (smoothing / num_classes) * smooth_term
+        (z_t, lse_o), z_dot_w = target_stats(x, safe), None
+    per_example, example_weight = cross_entropy_terms(
+        z_t, lse_o, z_dot_w, safe, weight, class_weight, smoothing, num_classes
+    )
     out = _reduction.finish(per_example, counted, out_of_range, example_weight, reduction)
     return view.unbatch(out) if reduction == "none" else out
+
+
+def smoothing_vector(weight: jax.Array | None, num_classes: int, dtype: Any) -> jax.Array:
+    """The class vector ``w`` of the smoothing term ``sum_j w_j (-log p_j)``; ones if no weights."""
+    return jnp.ones((num_classes,), dtype) if weight is None else weight.astype(dtype)
+
+
+def cross_entropy_terms(
+    z_t: jax.Array,
+    lse_o: jax.Array,
+    z_dot_w: jax.Array | None,
+    safe: jax.Array,
+    weight: jax.Array | None,
+    class_weight: jax.Array | None,
+    smoothing: Any,
+    num_classes: int,
+) -> tuple[jax.Array, jax.Array | None]:
+    """Per-example torch cross-entropy from the row statistics, and the example weights ``w_t``.
+
+    ``(1 - eps) w_t (-log p_t) + eps / C (lse sum(w) - z . w)``; without ``z_dot_w`` (no smoothing)
+    only the first term. Shared by `cross_entropy` and `jaxloss.linear_cross_entropy`.
+    """
+    dtype = z_t.dtype
+    example_weight = None if weight is None else weight.astype(dtype)[safe]
+    log_pt, _, lse = log_probs(z_t, lse_o)
+    nll = -log_pt if example_weight is None else -log_pt * example_weight
+    if z_dot_w is None or class_weight is None:
+        return nll, example_weight
+    smoothing = jnp.asarray(smoothing, dtype)
+    smooth_term = lse * jnp.sum(class_weight) - z_dot_w
+    return (1 - smoothing) * nll + (smoothing / num_classes) * smooth_term, example_weight

@@ -85,6 +85,12 @@ def test_verify_prints_the_difference_and_saves_logits(tmp_path):
         )
 
 
+def test_python_m_train_verify_is_jaxloss_verify(tmp_path):
+    proc = _run("train.verify", ["--help"], tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: jaxloss-verify "), proc.stderr
+    assert "--retries N" in proc.stdout and "--free-running" in proc.stdout
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -158,17 +164,96 @@ def test_verify_train_steps_match_for_sgd_and_adam(tmp_path):
     assert "training steps:" not in out  # the full table only on failure or with --verbose
 
 
-def test_verify_synced_steps_start_each_step_from_the_float64_state(tmp_path):
-    """--synced: every step starts from the float64 run's state, so step 3 is as close as step 1."""
+def test_verify_steps_start_from_the_float64_state_by_default(tmp_path):
+    """Every step starts from the float64 run's state, so step 3 is as close as step 1."""
     _trained_checkpoint(tmp_path / "r18.pth", num_classes=5)
     status, out, err = _verify(
-        [tmp_path / "r18.pth", *TRAIN, "--train-steps", "3", "--optimizer", "adam", "--synced"]
+        [tmp_path / "r18.pth", *TRAIN, "--train-steps", "3", "--optimizer", "adam"]
     )
     assert status == 0 and err == "", (err, out)
-    assert "every step from the float64 reference's state (--synced)" in out
+    assert (
+        "every step from the float64 reference's state, a failing step retried from that state "
+        "on up to 2 other batch(es) (--retries)"
+    ) in out
     rows = out.split("adam (lr 0.0001, eps 0.001): ", 1)[1].splitlines()[2:5]
     params = [float(r.split()[3]) for r in rows]
     assert all(p < 1e-5 for p in params), rows  # no drift carried over from step to step
+    assert [r.split()[-1] for r in rows] == ["ok"] * 3 and "retried:" not in out
+
+
+def test_verify_free_running_trajectories(tmp_path):
+    _trained_checkpoint(tmp_path / "r18.pth", num_classes=5)
+    status, out, err = _verify(
+        [
+            tmp_path / "r18.pth",
+            *TRAIN,
+            "--train-steps",
+            "2",
+            "--optimizer",
+            "sgd",
+            "--free-running",
+        ]  # fmt: skip
+    )
+    assert status == 0 and err == "", (err, out)
+    assert "free-running trajectories (--free-running)" in out
+    assert _verify([tmp_path / "r18.pth", *TRAIN, "--free-running", "--retries", "1"])[0] == 1
+
+
+def _flax_step_off_on_calls(monkeypatch, calls):
+    """Flax's train step puts its parameters 1e-4 relative off on the given (1-based) calls."""
+    import jax
+
+    from train.pytorch import verify_steps
+
+    real, count = verify_steps._train_fn, [0]
+
+    def train_fn(num_classes):
+        step = real(num_classes)
+
+        def off(state, batch, key):
+            new, metrics = step(state, batch, key)
+            count[0] += 1
+            if count[0] in calls:
+                new = new.replace(params=jax.tree.map(lambda p: p * (1 + 1e-4), new.params))
+            return new, metrics
+
+        return off
+
+    monkeypatch.setattr(verify_steps, "_train_fn", train_fn)
+
+
+def test_a_step_that_fails_on_its_batch_passes_on_a_spare_one(tmp_path, monkeypatch):
+    """A kink event follows the batch: step 2 fails on its own, is retried from the same state on a
+    spare batch and passes there, and step 3 (from the retry's float64 state) passes too."""
+    _trained_checkpoint(tmp_path / "r18.pth", num_classes=5)
+    _flax_step_off_on_calls(monkeypatch, {2})
+    status, out, err = _verify(
+        [tmp_path / "r18.pth", *TRAIN, "--train-steps", "3", "--optimizer", "sgd"]
+    )
+    assert status == 0 and err == "", (err, out)
+    block = out.split("sgd (lr 0.001, momentum 0.9): ", 1)[1].splitlines()
+    assert block[0].endswith("comparisons, all within the float64-reference rule"), block[0]
+    assert [" ".join(r.split()[7:]) for r in block[2:5]] == ["ok", "ok (retry 1)", "ok"]
+    assert all(float(r.split()[3]) < 1e-5 for r in block[2:5]), block  # the retry's figures
+    (retried,) = [x for x in out.splitlines() if x.strip().startswith("retried: ")]
+    assert retried.strip().startswith("retried: step 2 on its batch: param/"), retried
+    assert "above the floor" in retried or "x torch's" in retried, retried
+
+
+def test_a_step_that_fails_on_every_batch_fails(tmp_path, monkeypatch):
+    _trained_checkpoint(tmp_path / "r18.pth", num_classes=5)
+    _flax_step_off_on_calls(monkeypatch, {2, 3, 4})  # step 2, spare 1, spare 2
+    status, out, err = _verify(
+        [tmp_path / "r18.pth", *TRAIN, "--train-steps", "3", "--optimizer", "sgd"]
+    )
+    assert status == 1 and err.startswith("error: sgd step 2 param/"), err
+    block = out.split("sgd (lr 0.001, momentum 0.9): ", 1)[1].splitlines()
+    assert [" ".join(r.split()[7:]) for r in block[2:5]] == ["ok", "FAIL (2 retries)", "ok"]
+    retried = [x.strip() for x in out.splitlines() if x.strip().startswith("retried: ")]
+    assert [r.split(":")[1] for r in retried] == [
+        " step 2 on its batch",
+        " step 2 on spare batch 1",
+    ]
 
 
 def test_verify_train_steps_fail_on_a_mismatched_optimizer(tmp_path, monkeypatch):
@@ -187,7 +272,8 @@ def test_verify_train_steps_fail_on_a_mismatched_optimizer(tmp_path, monkeypatch
     assert err.count("\n") == 1 and err.startswith("error: sgd step 1 param/"), err
     assert "fails the float64-reference rule: " in err
     assert "training steps: " in out and " FAILED" in out  # the full report is printed
-    assert "FAIL" in out.split("sgd (lr 0.001, momentum 0.9): ")[1].splitlines()[2]
+    row = out.split("sgd (lr 0.001, momentum 0.9): ")[1].splitlines()[2]
+    assert row.endswith("FAIL (2 retries)"), row  # a port error fails on the spare batches too
 
 
 def test_verify_names_the_first_diverging_layer(tmp_path, monkeypatch):

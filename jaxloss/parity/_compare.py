@@ -62,8 +62,18 @@ def _is_float(x: Any) -> bool:
     return np.dtype(x.dtype).kind == "f"
 
 
+_UNTRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                jax.errors.TracerIntegerConversionError)  # fmt: skip
+
+
 def _run_jax(fn, arrays, specs, diff, dtype, cotangents):
-    """Values and vjp of ``fn`` in ``dtype``; ``cotangents(outs)`` draws them once per trial."""
+    """Values and vjp of ``fn`` in ``dtype``; ``cotangents(outs)`` draws them once per trial.
+
+    ``fn`` and its vjp run as one ``jax.jit`` program (one compile per shape, not one per
+    primitive and pass), the inputs not differentiated closed over as constants (so a loss's
+    check of concrete labels still runs); a function that cannot be traced (Python control flow
+    on values) runs eagerly instead.
+    """
     with _x64(dtype):
         args = [
             jnp.asarray(a, dtype) if s.is_float else jnp.asarray(a)
@@ -76,17 +86,26 @@ def _run_jax(fn, arrays, specs, diff, dtype, cotangents):
                 full[i] = x
             return fn(*full)
 
-        if diff:
-            out, vjp = jax.vjp(f, *[args[i] for i in diff])
-        else:
-            out, vjp = f(), None
+        primals = [args[i] for i in diff]
+        try:  # values and vjp in one compiled program, as training code runs them
+            shapes = jax.eval_shape(f, *primals)
+        except _UNTRACEABLE:
+            shapes = None  # Python control flow on values: run it eagerly
+        leaves, names, treedef = _leaves_with_names(shapes if shapes is not None else f(*primals))
+        cts = cotangents([tuple(np.shape(x)) for x in leaves], [_is_float(x) for x in leaves])
+        floats = [jnp.asarray(c, x.dtype) for c, x in zip(cts, leaves, strict=True) if _is_float(x)]
+
+        def both(primals: list[Any], floats: list[Any]) -> tuple[Any, Any]:
+            if not diff:
+                return f(), ()
+            out, vjp = jax.vjp(f, *primals)
+            given = iter(floats)  # float0 zeros for integer outputs (no jit argument can be one)
+            ct = [next(given) if _is_float(x) else np.zeros(np.shape(x), jax.dtypes.float0)
+                  for x in leaves]  # fmt: skip
+            return out, vjp(jax.tree.unflatten(treedef, ct))
+
+        out, grads = (jax.jit(both) if shapes is not None else both)(primals, floats)
         leaves, names, treedef = _leaves_with_names(out)
-        cts = cotangents([np.shape(x) for x in leaves], [_is_float(x) for x in leaves])
-        ct_leaves = [
-            jnp.asarray(c, x.dtype) if _is_float(x) else np.zeros(np.shape(x), jax.dtypes.float0)
-            for c, x in zip(cts, leaves, strict=True)
-        ]
-        grads = vjp(jax.tree.unflatten(treedef, ct_leaves)) if vjp is not None else ()
         values = [np.asarray(x) for x in leaves]
         return values, names, treedef, [np.asarray(g) for g in grads]
 

@@ -426,3 +426,32 @@ def test_a_counter_the_nnx_batchnorm_lacks_is_skipped_and_a_float_loss_takes_the
     np.testing.assert_array_equal(np.asarray(fm.bn.var[...]), tm.bn.running_var.numpy())
     state = parity.torch_training_state(tm, loss=1.5)  # loss.item(): a Python float
     assert state["loss"].dtype == np.float32
+
+
+def test_the_jax_side_runs_jitted_and_an_untraceable_function_eagerly():
+    """One compiled program per shape (values and vjp). A function with Python control flow on a
+    value computed from an input it is not differentiated in (here: the labels) cannot be traced;
+    it runs eagerly, and an error in it still fails the comparison."""
+    traced = []
+
+    def jittable(x):
+        traced.append(isinstance(x, jax.core.Tracer))
+        return jnp.tanh(x)
+
+    def untraceable(x, y, scale=1.0):
+        n = int(jnp.max(y)) + 1  # concrete only outside jit
+        return jaxloss.cross_entropy(x[:, :n] * scale, y)
+
+    def torch_fn(x, y):
+        return torch.nn.functional.cross_entropy(x[:, : int(y.max()) + 1], y)
+
+    labels = np.array([0, 2, 1, 2])
+    parity.assert_parity(jittable, torch.tanh, [parity.normal(4)], dtypes=("float32",))
+    assert traced and all(traced)
+    parity.assert_parity(untraceable, torch_fn, [parity.normal((4, 5)), parity.fixed(labels)])
+    wrong = parity.compare(
+        lambda x, y: untraceable(x, y, 1.0001),
+        torch_fn,
+        [parity.normal((4, 5)), parity.fixed(labels)],
+    )
+    assert not wrong.ok

@@ -1,17 +1,65 @@
-"""Setting a float32 torch model and a Flax `TrainState` to a (float64) torch run's state.
+"""The torch side of a compared training step, and setting both float32 sides to a reference.
+
+`torch_loop` is one torch training step (`F.cross_entropy`, SGD or Adam) returning the state
+`jaxloss.parity.compare_steps` compares; `sync_torch` and `sync_flax` set a float32 torch model and
+a Flax `TrainState` to a (float64) torch run's state.
 
 `train.pytorch.verify_steps` starts every compared training step of both float32 sides from the
 float64 reference's state, rounded: parameters, BatchNorm running statistics and counters, and
 the optimizer's moments and step, so that each step is judged on its own and float32 chaos (an
 activation within rounding of a ReLU or max-pool kink) cannot carry over from one step to the
-next.
+next; a step that fails is retried from a snapshot of all three sides (`snapshot`, `restore`).
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["sync_flax", "sync_torch"]
+__all__ = ["restore", "snapshot", "sync_flax", "sync_torch", "torch_loop"]
+
+
+def torch_loop(
+    model: Any, optimizer: str, lr: float, *, momentum: float, eps: float
+) -> tuple[Callable[[Any], dict], Any]:
+    """``(step, optimizer)``: one torch training step on ``model`` in train mode, and its optimizer.
+
+    ``step((images NCHW, labels))`` runs ``F.cross_entropy`` and ``SGD(lr, momentum)`` (or
+    ``Adam(lr, eps=eps)``) and returns `jaxloss.parity.torch_training_state` with the loss.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from jaxloss import parity
+
+    dtype = next(model.parameters()).dtype
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=lr, eps=eps)
+    model.train()
+
+    def step(batch: tuple[Any, Any]) -> dict:
+        x, y = batch
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(torch.from_numpy(x).to(dtype)), torch.from_numpy(y).long())
+        loss.backward()
+        opt.step()
+        return parity.torch_training_state(model, opt, loss=loss.detach())
+
+    return step, opt
+
+
+def snapshot(model: Any, opt: Any) -> tuple[dict, dict]:
+    """Copies of a torch model's and optimizer's state, for `restore`."""
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+
+
+def restore(model: Any, opt: Any, saved: tuple[dict, dict]) -> None:
+    """Sets a torch model and optimizer back to a `snapshot` (which stays as it was)."""
+    model.load_state_dict(saved[0])
+    opt.load_state_dict(copy.deepcopy(saved[1]))
 
 
 def sync_torch(model: Any, opt: Any, src: Any, src_opt: Any) -> None:

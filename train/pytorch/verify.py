@@ -130,10 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="Adam's eps on both sides (torch's default 1e-8 makes tiny gradients coin tosses)",
     )
     t.add_argument(
-        "--synced",
+        "--retries",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a step that fails is taken again from the same float64 state on up to N other "
+        "random batches; it passes if one does (default 2; a kink event follows the batch, a "
+        "port error fails on all)",
+    )
+    t.add_argument(
+        "--free-running",
         action="store_true",
-        help="start every step of both float32 sides from the float64 reference's state, so "
-        "that each step is judged on its own (default: free-running trajectories)",
+        help="compare free-running trajectories instead (no step restarts from the float64 "
+        "state, no retries: one kink event fails every later step)",
     )
     t.add_argument("--verbose", action="store_true", help="print every comparison of every step")
     return p
@@ -162,6 +171,10 @@ def _images(args: argparse.Namespace, in_channels: int) -> np.ndarray:
 def _check_training_args(args: argparse.Namespace) -> None:
     if args.train_steps < 0:
         raise ValueError(f"--train-steps must be >= 0, got {args.train_steps}")
+    if args.retries is not None and (args.retries < 0 or args.free_running):
+        raise ValueError(
+            f"--retries must be >= 0 and cannot go with --free-running, got {args.retries}"
+        )
     if args.train_batch_size < 1:
         raise ValueError(f"--train-batch-size must be >= 1, got {args.train_batch_size}")
     if args.train_image_size is not None and args.train_image_size < 1:

@@ -19,12 +19,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from jaxloss import parity
+from train.pytorch import step_report
+from train.pytorch.step_report import Retry, StepRow, TrainingComparison, step_row
 
 __all__ = [
     "ADAM_EPS",
@@ -32,6 +34,7 @@ __all__ = [
     "DEFAULT_LR",
     "MOMENTUM",
     "OPTIMIZERS",
+    "RETRIES",
     "RULES",
     "StepRow",
     "TrainingComparison",
@@ -59,10 +62,11 @@ between 0 and `lr` depending on its last bits, on either side, and the float64-r
 compares two such coin tosses. `eps = 1e-3` keeps the step a smooth function of the gradient.
 """
 
+RETRIES = 2
+"""Spare batches a failing step is retried on (synced mode): see `compare_training`."""
+
 DEFAULT_IMAGE_SIZE: dict[str, int] = {"torchvision": 64, "cifar": 32}
 """Side of the random training images per layout (see `compare_training` on float32 chaos)."""
-
-_STATS = ("running_mean", "running_var")
 
 RULES: dict[str, parity.Reference] = {
     "loss": parity.Reference(ulps=32, max_k=10),
@@ -78,86 +82,6 @@ a gradient (SGD's `momentum_buffer`, Adam's moments) is a long sum with cancella
 float32 error is tens of ulps of its largest element on both sides, and comparing two such
 errors element by element is a coin toss.
 """
-
-
-@dataclasses.dataclass(frozen=True)
-class StepRow:
-    """One step of the summary: the losses and the worst relative differences, Flax vs torch.
-
-    A relative difference is ``max |flax - torch| / max |torch|`` of one tensor; the worst over
-    the parameters (``params``), the optimizer moments (``moments``) and the running means and
-    variances (``stats``). ``counters_equal``: every ``num_batches_tracked`` is the same.
-    """
-
-    step: int
-    loss_torch: float
-    loss_flax: float
-    params: float
-    moments: float
-    stats: float
-    counters_equal: bool
-    passed: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingComparison:
-    """What `compare_training` found for one optimizer."""
-
-    optimizer: str
-    lr: float
-    report: Any  # jaxloss.parity.Report
-    rows: tuple[StepRow, ...]
-
-    @property
-    def ok(self) -> bool:
-        """Every comparison of every step passed."""
-        return bool(self.report.ok)
-
-    def summary(self) -> list[str]:
-        """The per-step table, a line each."""
-        head = (
-            f"{'step':>4}  {'loss torch':>11}  {'loss flax':>11}  {'params rel':>10}  "
-            f"{'moments rel':>11}  {'stats rel':>9}  {'counters':>8}  result"
-        )
-        lines = [head]
-        for r in self.rows:
-            lines.append(
-                f"{r.step:>4}  {r.loss_torch:>11.6g}  {r.loss_flax:>11.6g}  {r.params:>10.2e}  "
-                f"{r.moments:>11.2e}  {r.stats:>9.2e}  "
-                f"{'equal' if r.counters_equal else 'DIFFER':>8}  {'ok' if r.passed else 'FAIL'}"
-            )
-        return lines
-
-
-def _relative(a: np.ndarray, b: np.ndarray) -> float:
-    scale = float(np.max(np.abs(b))) if b.size else 0.0
-    diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if b.size else 0.0
-    return diff / scale if scale > 0 else diff
-
-
-def _row(step: int, flax: Mapping[str, np.ndarray], torch_: Mapping[str, np.ndarray]) -> StepRow:
-    worst = {"param": 0.0, "opt": 0.0, "stats": 0.0}
-    counters = True
-    for key, value in flax.items():
-        if key == "loss" or key not in torch_:
-            continue
-        kind = key.split("/", 1)[0]
-        if key.endswith("num_batches_tracked"):
-            counters &= bool(np.array_equal(value, torch_[key]))
-            continue
-        group = "stats" if key.endswith(_STATS) else kind
-        if group in worst:
-            worst[group] = max(worst[group], _relative(value, torch_[key]))
-    return StepRow(
-        step=step,
-        loss_torch=float(torch_["loss"]),
-        loss_flax=float(flax["loss"]),
-        params=worst["param"],
-        moments=worst["opt"],
-        stats=worst["stats"],
-        counters_equal=counters,
-        passed=True,  # set from the report afterwards
-    )
 
 
 def rename_for(layout: str) -> Callable[[str], str] | None:
@@ -179,7 +103,10 @@ def rename_for(layout: str) -> Callable[[str], str] | None:
     @functools.cache
     def rename(key: str) -> str:
         mods, _, leaf = key.rpartition(".")
-        if leaf in ("weight", "bias", "num_batches_tracked", *_STATS) and mods:
+        if (
+            leaf in ("weight", "bias", "num_batches_tracked", "running_mean", "running_var")
+            and mods
+        ):
             return f"{modules(mods)}.{leaf}"
         return modules(key)
 
@@ -206,36 +133,6 @@ def _train_fn(num_classes: int) -> Callable[..., Any]:
     return jax.jit(functools.partial(step_lib.train_step, loss_fn=loss_fn, num_classes=num_classes))
 
 
-def _torch_optimizer(name: str, params: Any, lr: float, eps: float) -> Any:
-    import torch
-
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM)
-    return torch.optim.Adam(params, lr=lr, eps=eps)
-
-
-def _torch_loop(
-    model: Any, optimizer_name: str, lr: float, eps: float
-) -> tuple[Callable[[Any], dict], Any]:
-    """``(step, optimizer)``: one torch training step on ``model``, and its optimizer."""
-    import torch
-    import torch.nn.functional as F
-
-    dtype = next(model.parameters()).dtype
-    opt = _torch_optimizer(optimizer_name, model.parameters(), lr, eps)
-    model.train()
-
-    def step(batch: tuple[np.ndarray, np.ndarray]) -> dict:
-        x, y = batch
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(torch.from_numpy(x).to(dtype)), torch.from_numpy(y).long())
-        loss.backward()
-        opt.step()
-        return parity.torch_training_state(model, opt, loss=loss.detach())
-
-    return step, opt
-
-
 def compare_training(
     state_dict: Mapping[str, np.ndarray],
     torch_model: Any,
@@ -248,22 +145,29 @@ def compare_training(
     lr: float,
     batches: list[tuple[np.ndarray, np.ndarray]],
     adam_eps: float = ADAM_EPS,
-    synced: bool = False,
+    synced: bool = True,
+    spare_batches: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]] = (),
 ) -> TrainingComparison:
     """Trains torch (float32 and float64) and Flax from ``state_dict`` and compares every step.
 
     Float32 training is chaotic at the kinks: a ReLU input or a max-pool pair within rounding of a
-    tie routes that step's gradient differently on one side, and everything after differs from
-    float64 by far more than rounding (BatchNorm over few values per channel amplifies it). It
-    strikes torch and Flax alike, at random. Measured on width-64 ResNet-18s, batches of 8, 5
-    steps: at 64 px, 6 of 9 optimizer runs (3 checkpoints, 3 seeds) matched throughout, three
-    Adam runs diverged at step 2 or 3 (e.g. an Adam first moment 2% of its largest element off,
-    where torch's stayed within rounding); at 224 px, with the maximum held to 2x torch's (it is
-    10x now, `RULES`), both optimizers failed at step 1 in both runs, on the
-    gradients of one channel through several blocks (max error 3.5x and 6x torch's, RMS within
-    1.3x and 2.1x: one kink event among 10^7 activations); at 32 px (a 1x1 last stage) both
-    optimizers diverged by step 3. A porting error instead shows from step 1 on every tensor it
-    touches. `DEFAULT_IMAGE_SIZE` and `ADAM_EPS` are the settings that matched.
+    tie routes that step's gradient differently on one side (a *kink event*), and everything
+    after differs from float64 by far more than rounding (BatchNorm over few values per channel
+    amplifies it). It strikes torch and Flax alike, at random, and it follows the batch: the
+    same state on another batch has no tie there. So by default (``synced``) every step of both
+    float32 sides starts from the float64 reference's state, rounded (no error carries over),
+    and a step that fails is taken again from that same state on each of its
+    ``spare_batches`` in turn until one passes (the row says ``ok (retry 1)``, and
+    `TrainingComparison.retried` keeps what failed). A port error fails on every batch, from step
+    1, on every tensor it touches, so it still fails; what a retry forgives is one batch's tie.
+
+    Measured on width-64 ResNet-18s at 64 px (`DEFAULT_IMAGE_SIZE`), batches of 8, 5 steps: free
+    running, 3 of 9 optimizer runs (3 checkpoints, 3 seeds) failed, all Adam, from step 2 or 3
+    (e.g. an Adam first moment 2% of its largest element off, where torch's stayed within
+    rounding); synced without retries, 2 of 4, at one step each; at 224 px with the maximum
+    held to 2x torch's (it is 10x now, `RULES`), every run failed at step 1, on the gradients of
+    one channel through several blocks (max error 3.5x and 6x torch's, RMS within 1.3x and
+    2.1x: one kink event among 10^7 activations). `README.md` has the figures with retries.
 
     Args:
       state_dict: the checkpoint (torch names, NumPy values).
@@ -279,10 +183,13 @@ def compare_training(
       synced: start every step of both float32 sides from the float64 reference's state
         (parameters, running statistics, counters, optimizer moments and step, rounded to
         float32), so that each step is compared on its own and float32 chaos cannot carry over;
-        False (the default): free-running trajectories, compared after every step.
+        False: free-running trajectories, compared after every step (``spare_batches`` unused).
+      spare_batches: per step, the batches to retry it on if it fails (synced only); `RETRIES`
+        each in `report_training`.
 
     Returns:
-      The `TrainingComparison`: the `jaxloss.parity.Report` and the per-step summary rows.
+      The `TrainingComparison`: the `jaxloss.parity.Report` (per step, the comparisons of the
+      batch that passed, or of its last try), the per-step summary rows, the retried failures.
     """
     import jax
     import jax.numpy as jnp
@@ -332,47 +239,98 @@ def compare_training(
         return parity.nnx_training_state(new.model(), new.opt_state, loss=loss, rename=rename)
 
     model32, model64 = copy.deepcopy(torch_model).float(), copy.deepcopy(torch_model).double()
-    torch32, opt32 = _torch_loop(model32, optimizer, lr, adam_eps)
-    torch64, opt64 = _torch_loop(model64, optimizer, lr, adam_eps)
-    seen: list[tuple[dict, dict]] = []
+    torch32, opt32 = step_sync.torch_loop(model32, optimizer, lr, momentum=MOMENTUM, eps=adam_eps)
+    torch64, opt64 = step_sync.torch_loop(model64, optimizer, lr, momentum=MOMENTUM, eps=adam_eps)
+    if not synced:
+        seen: list[tuple[dict, dict]] = []
 
-    def torch_step(batch: tuple[np.ndarray, np.ndarray]) -> dict:
-        out = torch32(batch)
-        seen.append((holder["last"], out))
-        return out
+        def torch_step(batch: tuple[np.ndarray, np.ndarray]) -> dict:
+            out = torch32(batch)
+            seen.append((holder["last"], out))
+            return out
 
-    def recorded_flax_step(batch: tuple[np.ndarray, np.ndarray]) -> dict:
-        # runs first in each step (compare_steps' order: jax, torch, reference): both float32
-        # sides start the step from the float64 reference's state, so no error carries over
-        if synced and seen:
+        def recorded_flax_step(batch: tuple[np.ndarray, np.ndarray]) -> dict:
+            holder["last"] = flax_step(batch)  # compare_steps' order: jax, torch, reference
+            return holder["last"]
+
+        report = parity.compare_steps(
+            recorded_flax_step, torch_step, batches, reference_step=torch64, tolerance=RULES
+        )
+        rows = tuple(
+            step_row(i, f, t, passed=_passed(report.entries, f"step {i} "))
+            for i, (f, t) in enumerate(seen, start=1)
+        )
+        return TrainingComparison(optimizer, lr, report, rows)
+
+    got: dict[str, dict] = {}  # the last states of both float32 sides
+
+    def jax_side(batch: tuple[np.ndarray, np.ndarray]) -> dict:
+        got["flax"] = flax_step(batch)
+        return got["flax"]
+
+    def torch_side(batch: tuple[np.ndarray, np.ndarray]) -> dict:
+        got["torch"] = torch32(batch)
+        return got["torch"]
+
+    entries: list[Any] = []
+    rows_: list[StepRow] = []
+    retried: list[Retry] = []
+    for i, batch in enumerate(batches, start=1):
+        if i > 1:  # both float32 sides start the step from the float64 reference's state
             step_sync.sync_torch(model32, opt32, model64, opt64)
             holder["state"] = step_sync.sync_flax(
-                holder["state"], model64, opt64, layout=layout, step=len(seen)
+                holder["state"], model64, opt64, layout=layout, step=i - 1
             )
-        holder["last"] = flax_step(batch)
-        return holder["last"]
+        start = (
+            holder["state"],
+            step_sync.snapshot(model32, opt32),
+            step_sync.snapshot(model64, opt64),
+        )
+        tries = (batch, *(spare_batches[i - 1] if i <= len(spare_batches) else ()))
+        for attempt, b in enumerate(tries):
+            if attempt:  # the same state again, on a spare batch
+                holder["state"] = start[0]
+                step_sync.restore(model32, opt32, start[1])
+                step_sync.restore(model64, opt64, start[2])
+            one = parity.compare_steps(
+                jax_side, torch_side, [b], reference_step=torch64, tolerance=RULES
+            )
+            if one.ok or attempt == len(tries) - 1:
+                break
+            retried.append(Retry(i, attempt, one.first_failure))
+        entries += [
+            dataclasses.replace(e, name=f"step {i} {e.name.removeprefix('step 1 ')}")
+            for e in one.entries
+        ]
+        rows_.append(step_row(i, got["flax"], got["torch"], passed=one.ok, retries=attempt))
+    report = parity.Report(tuple(entries), title="training steps")
+    return TrainingComparison(optimizer, lr, report, tuple(rows_), tuple(retried))
 
-    report = parity.compare_steps(
-        recorded_flax_step, torch_step, batches, reference_step=torch64, tolerance=RULES
-    )
-    rows = []
-    for i, (flax, torch_) in enumerate(seen, start=1):
-        passed = all(e.passed for e in report.entries if e.name.startswith(f"step {i} "))
-        rows.append(dataclasses.replace(_row(i, flax, torch_), passed=passed))
-    return TrainingComparison(optimizer, lr, report, tuple(rows))
+
+def _passed(entries: Sequence[Any], prefix: str) -> bool:
+    return all(e.passed for e in entries if e.name.startswith(prefix))
 
 
 def random_batches(
-    count: int, *, batch_size: int, shape: tuple[int, int, int], num_classes: int, seed: int
+    count: int,
+    *,
+    batch_size: int,
+    shape: tuple[int, int, int],
+    num_classes: int,
+    seed: int,
+    stream: int = 1,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """``count`` batches of standard-normal NCHW float32 images and uniform labels.
+
+    ``stream`` picks an independent sequence for the same ``seed`` (1: the steps' batches;
+    ``1 + i``: step ``i``'s spare batches in `report_training`).
 
     Examples:
       >>> [(x.shape, y.dtype) for x, y in random_batches(
       ...     2, batch_size=4, shape=(3, 8, 8), num_classes=5, seed=0)][:1]
       [((4, 3, 8, 8), dtype('int64'))]
     """
-    rng = np.random.default_rng((seed, 1))
+    rng = np.random.default_rng((seed, stream))
     return [
         (
             rng.normal(size=(batch_size, *shape)).astype(np.float32),
@@ -406,21 +364,28 @@ def report_training(
     """
     size = args.train_image_size or DEFAULT_IMAGE_SIZE[layout]
     names = OPTIMIZERS if args.optimizer == "both" else (args.optimizer,)
-    batches = random_batches(
-        args.train_steps,
+    free = bool(getattr(args, "free_running", False))
+    retries = 0 if free else getattr(args, "retries", None)
+    retries = RETRIES if retries is None else retries
+    shape = (info["in_channels"], size, size)
+    draw = functools.partial(
+        random_batches,
         batch_size=args.train_batch_size,
-        shape=(info["in_channels"], size, size),
+        shape=shape,
         num_classes=info["num_classes"],
         seed=args.seed,
     )
+    batches = draw(args.train_steps)
+    spares = [draw(retries, stream=1 + i) for i in range(1, args.train_steps + 1)]
     log(
         f"training: {args.train_steps} step(s) per optimizer on batches of "
-        f"{args.train_batch_size} random {tuple(batches[0][0].shape[1:])} images, torch "
+        f"{args.train_batch_size} random {shape} images, torch "
         "(float32, float64 reference) and Flax (train.step.train_step) from the checkpoint; "
         + (
-            "every step from the float64 reference's state (--synced)"
-            if getattr(args, "synced", False)
-            else "free-running (--synced: every step from the float64 state)"
+            "free-running trajectories (--free-running)"
+            if free
+            else "every step from the float64 reference's state, a failing step retried from "
+            f"that state on up to {retries} other batch(es) (--retries)"
         )
     )
     first = None
@@ -437,35 +402,17 @@ def report_training(
             lr=lr,
             batches=batches,
             adam_eps=args.adam_eps,
-            synced=getattr(args, "synced", False),
+            synced=not free,
+            spare_batches=spares,
         )
         extra = f"momentum {MOMENTUM:g}" if name == "sgd" else f"eps {args.adam_eps:g}"
-        setting = f"lr {lr:g}, {extra}"
-        n, bad = len(result.report.entries), len(result.report.failures)
-        verdict = "all within the float64-reference rule" if result.ok else f"{bad} FAILED"
-        log(f"{name} ({setting}): {n} comparisons, {verdict}")
-        for line in result.summary():
-            log("  " + line)
-        if args.verbose or not result.ok:
-            log(str(result.report))
+        for line in step_report.describe(result, f"lr {lr:g}, {extra}", verbose=args.verbose):
+            log(line)
         if first is None and result.report.first_failure is not None:
             first = (name, result.report.first_failure)
-    floors = ", ".join(f"{k.rstrip('/')} {r.ulps:g}" for k, r in RULES.items())
-    log(
-        "rel: max |flax - torch| / max |torch| of a tensor, the worst tensor of each kind "
-        "(params; optimizer moments: momentum_buffer, exp_avg, exp_avg_sq; BatchNorm running "
-        "mean and var); counters: every num_batches_tracked equal. ok: every tensor's Flax "
-        "error vs torch float64 <= 2 x torch float32's + a floor in ulps of its largest value "
-        f"({floors}), rms and max; --verbose lists each comparison."
-    )
+    for line in step_report.legend(RULES, failed=first is not None, free_running=free):
+        log(line)
     if first is not None:
-        log(
-            "A port error fails at every step, with jax err far above torch err on the tensors "
-            "it touches. A failure at one step among matching ones is usually a float32 kink "
-            "event: an activation within rounding of a ReLU or max-pool kink on one side only "
-            "(it strikes torch too), which reroutes one gradient element and everything upstream "
-            "of it; another --seed tells them apart."
-        )
         name, entry = first
         raise ValueError(
             f"{name} {entry.name} fails the float64-reference rule: {entry.verdict.reason} "
