@@ -111,9 +111,13 @@ def _backward(chunk_size, res, g):
         dkernel = dkernel + xg[:, None] * v[None, :]
         dbias = dbias + v * jnp.sum(g_s)
         dv = xg @ kernel + bias * jnp.sum(g_s)
+    # x^T materialised once: XLA:CPU folds a transpose into the product's dimension numbers, and
+    # its product contracting the rows of both operands ran 2.2x slower than a plain one
+    # (1024x256 by 1024x32768: 419 ms against 188 ms); the barrier keeps the copy.
+    xt = lax.optimization_barrier(x.T)
     if num_classes <= chunk_size:
         grad = g_o[:, None] * saved
-        return dx + grad @ kernel.T, dkernel + x.T @ grad, dbias + jnp.sum(grad, axis=0), dv
+        return dx + grad @ kernel.T, dkernel + xt @ grad, dbias + jnp.sum(grad, axis=0), dv
 
     def step(carry, start, size):
         dx, dk, db, total = carry
@@ -121,7 +125,7 @@ def _backward(chunk_size, res, g):
         p = jnp.exp(z - lse_o[:, None])  # softmax of the others: 0 at the target (z = -inf)
         grad = g_o[:, None] * p
         dx = dx + grad @ w.T
-        dk_c = lax.dynamic_slice_in_dim(dk, start, size, axis=1) + x.T @ grad
+        dk_c = lax.dynamic_slice_in_dim(dk, start, size, axis=1) + xt @ grad
         db_c = lax.dynamic_slice_in_dim(db, start, size) + jnp.sum(grad, axis=0)
         dk = lax.dynamic_update_slice_in_dim(dk, dk_c, start, axis=1)
         db = lax.dynamic_update_slice_in_dim(db, db_c, start, axis=0)

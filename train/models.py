@@ -2,10 +2,11 @@
 
 Every model takes NHWC float32 images of shape `(batch, height, width, channels)` and returns
 float32 logits of shape `(batch, num_classes)`. Parameters are float32; `dtype` selects the compute
-dtype (`jnp.bfloat16` on GPU). Mode is explicit: `model(x, train=True, dropout_key=key)` uses batch
-statistics (and updates the running ones) and drops out; `train=False` (the default) uses the
-running statistics and no dropout. Nothing mode-related is stored on the module, so one graphdef
-serves both.
+dtype (`jnp.bfloat16` on GPU; `jnp.float64` with float64 parameters, under `jax_enable_x64`,
+gives float64 logits: `jaxloss-verify --train-steps` runs the trainer's step so against torch
+float64). Mode is explicit: `model(x, train=True, dropout_key=key)` uses batch statistics (and
+updates the running ones) and drops out; `train=False` (the default) uses the running statistics
+and no dropout. Nothing mode-related is stored on the module, so one graphdef serves both.
 
 BatchNorm is `train.batch_norm.BatchNorm`, torch's (momentum 0.1, eps 1e-5, the unbiased running
 variance, `num_batches_tracked`); convolutions pad explicitly like torch (`'SAME'` pads stride-2
@@ -130,9 +131,14 @@ def _stages(width: int, depths: tuple[int, ...], *, dtype: Any, rngs: nnx.Rngs) 
     return layers
 
 
+def _logits_dtype(dtype: Any) -> Any:
+    """float32 logits for float32 and half compute dtypes; float64 for float64."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def _head(x: jax.Array, fc: nnx.Linear, dtype: Any) -> jax.Array:
-    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(dtype)
-    return fc(pooled).astype(jnp.float32)
+    pooled = jnp.mean(x.astype(_logits_dtype(x.dtype)), axis=(1, 2)).astype(dtype)
+    return fc(pooled).astype(_logits_dtype(dtype))
 
 
 class _ResNet(nnx.Module):
@@ -270,7 +276,7 @@ class SmallCNN(nnx.Module):
         x = nnx.relu(self.fc1(x))
         x = self.dropout(x, deterministic=not train, rngs=dropout_key)
         x = nnx.relu(self.fc2(x))
-        return self.fc3(x).astype(jnp.float32)
+        return self.fc3(x).astype(_logits_dtype(self.dtype))
 
 
 class LeNet(nnx.Module):
@@ -316,7 +322,7 @@ class LeNet(nnx.Module):
         x = x.reshape(x.shape[0], -1)
         x = nnx.relu(self.fc1(x))
         x = nnx.relu(self.fc2(x))
-        return self.fc3(x).astype(jnp.float32)
+        return self.fc3(x).astype(_logits_dtype(self.dtype))
 
 
 def _resnet(cls: type, depths: tuple[int, ...]) -> Callable[..., nnx.Module]:

@@ -17,7 +17,97 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["restore", "snapshot", "sync_flax", "sync_torch", "torch_loop"]
+__all__ = [
+    "flax_loop",
+    "flax_state",
+    "restore",
+    "snapshot",
+    "sync_flax",
+    "sync_torch",
+    "torch_loop",
+]
+
+
+def flax_state(
+    state_dict: Any,
+    *,
+    model: str,
+    layout: str,
+    num_classes: int,
+    width: int,
+    image_shape: tuple[int, int, int],
+    tx: Any,
+    dtype: Any = None,
+) -> Any:
+    """A `train.step.TrainState` of the `train.models` model holding a torch ``state_dict``.
+
+    ``dtype=jnp.float64`` (call it under ``jax.enable_x64``): float64 parameters, statistics and
+    computation, for the float64 comparison; default float32 (the trainer's own).
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from train import models
+    from train import step as step_lib
+    from train.pytorch import port
+
+    dtype = jnp.float32 if dtype is None else dtype
+    abstract = nnx.eval_shape(
+        lambda: models.create_model(
+            model,
+            num_classes=num_classes,
+            width=width,
+            image_shape=image_shape,
+            dtype=dtype,
+            rngs=nnx.Rngs(0),
+        )  # fmt: skip
+    )
+    graphdef, params, stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+
+    def widen(x: Any) -> Any:
+        floating = np.issubdtype(x.dtype, np.floating)
+        return jax.ShapeDtypeStruct(x.shape, dtype) if floating else x
+
+    params, stats = jax.tree.map(widen, (params, stats))
+    params, stats = port.from_torch(state_dict, params, stats, layout=layout)
+    return step_lib.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
+        opt_state=tx.init(params), graphdef=graphdef, tx=tx,
+    )  # fmt: skip
+
+
+def flax_loop(
+    state: Any, train_fn: Callable[..., Any], *, rename: Any, image_dtype: Any = None
+) -> tuple[Callable[[Any], dict], dict[str, Any]]:
+    """``(step, holder)``: one `train.step.train_step` on ``holder["state"]``, like `torch_loop`.
+
+    ``step((images NCHW, labels))`` transposes the images to NHWC (cast to ``image_dtype``,
+    default float32), trains, and returns `jaxloss.parity.nnx_training_state` with the loss in
+    the parameters' dtype (float32 as torch's, or float64).
+    """
+    import jax
+    import numpy as np
+
+    from jaxloss import parity
+
+    holder: dict[str, Any] = {"state": state}
+    key = jax.random.key(0)
+
+    def step(batch: tuple[Any, Any]) -> dict:
+        x, y = batch
+        images = np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=image_dtype or np.float32)
+        labels = y.astype(np.int32)
+        new, m = train_fn(
+            holder["state"], {"image": images, "label": labels, "mask": np.ones(len(y), bool)}, key
+        )
+        holder["state"] = new
+        dtype = images.dtype.type
+        loss = dtype(m.loss_sum) / dtype(m.count)  # in the compared dtype, as torch's
+        return parity.nnx_training_state(new.model(), new.opt_state, loss=loss, rename=rename)
+
+    return step, holder
 
 
 def torch_loop(

@@ -7,7 +7,9 @@ the same batch, with a float64 copy of the torch model as the reference, and pri
 float64-reference rule of `jaxloss.parity` (their error against float64 at most twice torch
 float32's own, plus 32 ulp of the largest logit): the user's own proof that the port is exact.
 `--train-steps K` then takes K optimizer steps on both sides (`train.pytorch.verify_steps`) and
-compares the loss, parameters, optimizer moments and BatchNorm statistics after every step. The
+compares the loss, parameters, optimizer moments and BatchNorm statistics after every step, in
+float32 (each step from the float64 state, a failing one retried on spare batches) and in float64
+(Flax in float64 against torch float64: the verdict on the step's logic). The
 class count, width and input channels come from the checkpoint (`fc.weight` rows,
 `conv1.weight`). Needs torch (imported only when the command runs).
 
