@@ -17,7 +17,13 @@ import jax.numpy as jnp
 from jaxloss import _reduction, _validate
 from jaxloss._focal import focal_terms
 from jaxloss._linear_stats import linear_target_stats
-from jaxloss._smoothing import SPREADS, cross_entropy_terms, smoothing_vector
+from jaxloss._smoothing import (
+    SPREADS,
+    _is_probabilities,
+    _smooth,
+    cross_entropy_terms,
+    smoothing_vector,
+)
 
 CHUNK_SIZE = 8192
 """Classes per chunk by default: ``(N, 8192)`` float32 is 128 MiB at ``N = 4096``."""
@@ -56,6 +62,28 @@ def _check_head(
     chunk_size = CHUNK_SIZE if chunk_size is None else chunk_size
     chunk_size = _validate.check_int("chunk_size", chunk_size, minimum=1)
     return features, kernel, bias, labels, where, chunk_size
+
+
+def _check_loss(
+    labels: jax.Array,
+    where: Any,
+    num_classes: int,
+    weight: Any,
+    ignore_index: Any,
+    reduction: Any,
+) -> tuple[jax.Array | None, int | None, str]:
+    """The checks every fused loss shares after `_check_head`.
+
+    Returns ``(weight, ignore_index, reduction)``; concrete labels (those ``where`` selects) must
+    be in range.
+    """
+    weight = _validate.class_vector("weight", weight, num_classes)
+    ignore_index = _validate.check_ignore_index(ignore_index)
+    reduction = _validate.check_reduction(reduction)
+    _validate.check_labels_in_range(
+        _validate.labels_to_check(labels, where), num_classes, ignore_index
+    )
+    return weight, ignore_index, reduction
 
 
 def _rows(features, kernel, bias, labels, where):
@@ -141,11 +169,8 @@ def linear_focal_loss(
     num_classes = kernel.shape[1]
     gamma = _validate.hyperparameter("gamma", gamma, low=0.0)
     alpha = _validate.class_vector("alpha", alpha, num_classes, allow_scalar=True)
-    weight = _validate.class_vector("weight", weight, num_classes)
-    ignore_index = _validate.check_ignore_index(ignore_index)
-    reduction = _validate.check_reduction(reduction)
-    _validate.check_labels_in_range(
-        _validate.labels_to_check(labels, where), num_classes, ignore_index
+    weight, ignore_index, reduction = _check_loss(
+        labels, where, num_classes, weight, ignore_index, reduction
     )
     return _linear_focal(
         features, kernel, bias, labels, gamma, alpha, weight, where,
@@ -305,7 +330,7 @@ def linear_label_smoothing_loss(
 def _ce_dispatch(
     features, kernel, labels, bias, weight, ignore_index, smoothing, reduction, where, chunk_size
 ):  # fmt: skip
-    if jnp.issubdtype(getattr(labels, "dtype", jnp.asarray(labels).dtype), jnp.floating):
+    if _is_probabilities(labels):
         raise _validate.ArgumentTypeError(
             "labels must be integer class indices: the fused head takes no probability targets "
             "(compute the logits and call cross_entropy for those)"
@@ -313,17 +338,13 @@ def _ce_dispatch(
     features, kernel, bias, labels, where, chunk_size = _check_head(
         features, kernel, bias, labels, where, chunk_size
     )
-    num_classes = kernel.shape[1]
-    weight = _validate.class_vector("weight", weight, num_classes)
-    ignore_index = _validate.check_ignore_index(ignore_index)
-    reduction = _validate.check_reduction(reduction)
-    _validate.check_labels_in_range(
-        _validate.labels_to_check(labels, where), num_classes, ignore_index
+    weight, ignore_index, reduction = _check_loss(
+        labels, where, kernel.shape[1], weight, ignore_index, reduction
     )
-    smooth = not _validate.is_concrete(smoothing) or smoothing > 0
     return _linear_ce(
         features, kernel, bias, labels, weight, smoothing, where,
-        ignore_index=ignore_index, reduction=reduction, smooth=smooth, chunk_size=chunk_size,
+        ignore_index=ignore_index, reduction=reduction, smooth=_smooth(smoothing),
+        chunk_size=chunk_size,
     )  # fmt: skip
 
 

@@ -103,6 +103,7 @@ def test_python_m_train_verify_is_jaxloss_verify(tmp_path):
         (["r18.pth", "--model", "resnet18_cifar"], "error: not a cifar-layout ResNet state_dict"),
         (["r18.pth", "--model", "resnet18", "--num-classes", "7"], "error: --num-classes 7 but"),
         (["junk.pth", "--model", "resnet18"], "error: cannot read junk.pth as a torch state_dict"),
+        (["r18.pth", "--model", "resnet18", "--retries", "-1"], "error: --retries must be >= 0"),
     ],
 )
 def test_verify_errors_are_one_line(tmp_path, args, message):

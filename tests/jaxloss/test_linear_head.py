@@ -220,3 +220,29 @@ def test_the_readme_example_runs():
     x, kernel, labels = (namespace[k] for k in ("x", "kernel", "labels"))
     np.testing.assert_allclose(namespace["loss"], jaxloss.focal_loss(x @ kernel, labels))
     assert namespace["grads"][1].shape == kernel.shape
+
+
+def test_traced_gamma_and_smoothing_equal_the_concrete_values():
+    """The docstrings promise traced hyper-parameters: jitted over gamma and smoothing, the same
+    losses as with Python floats (a traced smoothing of 0 is plain cross-entropy)."""
+    focal = jax.jit(lambda g: jaxloss.linear_focal_loss(X, W, Y, gamma=g, chunk_size=4))
+    ce = jax.jit(lambda e: jaxloss.linear_cross_entropy(X, W, Y, label_smoothing=e, chunk_size=4))
+    others = jax.jit(lambda e: jaxloss.linear_label_smoothing_loss(X, W, Y, smoothing=e,
+                                                                    chunk_size=4))  # fmt: skip
+    for g in (0.0, 0.5, 2.0):
+        want = jaxloss.linear_focal_loss(X, W, Y, gamma=g, chunk_size=4)
+        np.testing.assert_allclose(focal(g), want, rtol=1e-6)
+    for e in (0.0, 0.2):
+        want = jaxloss.linear_cross_entropy(X, W, Y, label_smoothing=e, chunk_size=4)
+        np.testing.assert_allclose(ce(e), want, rtol=1e-6)
+        want = jaxloss.linear_label_smoothing_loss(X, W, Y, smoothing=e, chunk_size=4)
+        np.testing.assert_allclose(others(e), want, rtol=1e-6)
+
+
+def test_bad_spread_and_hyperparameters_are_named():
+    with pytest.raises(ValueError, match=r"spread must be one of"):
+        jaxloss.linear_label_smoothing_loss(X, W, Y, spread="all")
+    with pytest.raises(ValueError, match=r"smoothing"):
+        jaxloss.linear_label_smoothing_loss(X, W, Y, smoothing=1.0)
+    with pytest.raises(ValueError, match=r"gamma"):
+        jaxloss.linear_focal_loss(X, W, Y, gamma=-1.0)

@@ -62,7 +62,7 @@ def flax_state(
             image_shape=image_shape,
             dtype=dtype,
             rngs=nnx.Rngs(0),
-        )  # fmt: skip
+        )
     )
     graphdef, params, stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
 
