@@ -121,3 +121,24 @@ def test_train_benchmark_logic_on_a_tiny_model(tmp_path):
     conv = loaded["conv_diagnosis"]
     assert {"jax_forward_ms", "jax_grad_ms", "torch_forward_ms", "torch_grad_ms"} <= set(conv)
     assert conv["forward_gflop"] == pytest.approx(2 * 9 * 4 * 32 * 32 * 2 * 2 / 1e9, abs=1e-3)
+
+
+def test_devices_benchmark_child_and_table_on_a_tiny_model():
+    """bench_devices.py's child (here in-process, one device: the mesh step and today's plain
+    step) and its table; the parent only starts one child per device count."""
+    bench = _load(BENCH.with_name("bench_devices.py"))
+    row = bench._child(8, 2, 1, 1)
+    assert row["devices"] == 1 and set(row["methods"]) == {"mesh", "plain"}
+    for m in row["methods"].values():
+        assert m["best_images_per_s"] > 0 and m["rounds"] == 1
+    plain = row["methods"]["plain"]["best_images_per_s"]
+    ratio = plain / row["methods"]["mesh"]["best_images_per_s"]
+    result = {
+        "date_utc": "2026-12-02T00:00:00+00:00",
+        "machine": {"cores_available": 2, "jax": "x", "cpu": "cpu"},
+        "settings": {"model": "small_cnn", "width": 2, "image": (32, 32, 1), "batch_size": 8},
+        "results": [row, {**row, "devices": 2, "methods": {"mesh": row["methods"]["mesh"]}}],
+        "goals": {"mesh_over_plain_seconds_per_image_at_1_device": ratio, "met": ratio <= 1.1},
+    }
+    table = bench.format_markdown(result)
+    assert table.count("\n| ") == 3 and f"{ratio:.3f}x" in table

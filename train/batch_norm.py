@@ -18,6 +18,12 @@ call returns :math:`\gamma (x - \mu_B) / \sqrt{\sigma_B^2 + \epsilon} + \beta` a
 
 with `m = 1 / t` (a cumulative average) when `momentum=None`. Eval mode normalises with the running
 `mean` and `var` and changes nothing.
+
+`groups=G` is per-device BatchNorm for a batch split over `G` devices (torch's DDP without
+`SyncBatchNorm`): the batch is `G` consecutive groups of `B / G` examples (one device's rows under
+`train.parallel`), each normalised with its own statistics (`n` counts one group's values). The
+running statistics follow group 0's, as DDP's default `broadcast_buffers=True` makes every rank use
+rank 0's buffers. `groups=1` (the default) is torch's `SyncBatchNorm`, or one device.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["BatchNorm"]
+__all__ = ["BatchNorm", "set_groups"]
 
 
 def _is_float_dtype(dtype: Any) -> bool:
@@ -64,6 +70,8 @@ class BatchNorm(nnx.Module):
       param_dtype: dtype of `scale` and `bias`.
       unbiased_running_var: `False` updates `var` with the biased batch variance, as
         `nnx.BatchNorm` does (the normalisation is the same either way).
+      groups: train-mode statistics per group of `B / groups` consecutive examples (per device,
+        see the module docstring); 1 takes them over the whole batch.
       rngs: consumed as `nnx.BatchNorm` consumes it (one `params` key each for `scale` and `bias`),
         so models initialise their other layers with the same keys.
 
@@ -94,6 +102,7 @@ class BatchNorm(nnx.Module):
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
         unbiased_running_var: bool = True,
+        groups: int = 1,
         rngs: nnx.Rngs,
     ):
         if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
@@ -115,6 +124,7 @@ class BatchNorm(nnx.Module):
                 raise ValueError(f"{name} must be a floating dtype, got {name}={value!r}")
         if not isinstance(unbiased_running_var, bool):
             raise ValueError(f"unbiased_running_var must be a bool, got {unbiased_running_var=}")
+        _check_groups(groups)
         shape = (num_features,)
         stat_dtype = jnp.promote_types(param_dtype, jnp.float32)
         self.scale = nnx.Param(nnx.initializers.ones_init()(rngs.params(), shape, param_dtype))
@@ -128,6 +138,7 @@ class BatchNorm(nnx.Module):
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.unbiased_running_var = unbiased_running_var
+        self.groups = groups
 
     def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
         """Normalises `x` (shape `(..., num_features)`).
@@ -155,20 +166,35 @@ class BatchNorm(nnx.Module):
             mean = self.mean[...].astype(compute)
             var = self.var[...].astype(compute)
         else:
-            n = math.prod(x.shape[:-1])
+            g = self.groups
+            if x.shape[0] % g:
+                raise ValueError(
+                    f"BatchNorm groups={g} must divide the batch, got input size {tuple(x.shape)}"
+                )
+            n = math.prod(x.shape[:-1]) // g
             if n <= 1:
                 raise ValueError(
                     "Expected more than 1 value per channel when training, "
-                    f"got input size {tuple(x.shape)}"
+                    f"got input size {tuple(x.shape)}" + (f" in {g} groups" if g > 1 else "")
                 )
-            axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(xs, axis=axes)
-            sum_sq = jnp.sum(jnp.square(xs - mean), axis=axes)  # two passes: no cancellation
-            var = sum_sq / n
-            self._update(mean, sum_sq / (n - 1) if self.unbiased_running_var else var)
+            if g == 1:
+                axes = tuple(range(x.ndim - 1))
+                mean = jnp.mean(xs, axis=axes)
+                sum_sq = jnp.sum(jnp.square(xs - mean), axis=axes)  # two passes: no cancellation
+                var = sum_sq / n
+                self._update(mean, sum_sq / (n - 1) if self.unbiased_running_var else var)
+            else:  # group i: device i's rows under train.parallel
+                xs = xs.reshape(g, x.shape[0] // g, *x.shape[1:])
+                axes = tuple(range(1, xs.ndim - 1))
+                mean = jnp.mean(xs, axis=axes, keepdims=True)
+                sum_sq = jnp.sum(jnp.square(xs - mean), axis=axes, keepdims=True)
+                var = sum_sq / n
+                first = (0,) * (xs.ndim - 1)  # group 0's statistics, shape (C,)
+                unbiased = sum_sq[first] / (n - 1)
+                self._update(mean[first], unbiased if self.unbiased_running_var else var[first])
         mul = jax.lax.rsqrt(var + self.epsilon) * self.scale[...].astype(compute)
         y = (xs - mean) * mul + self.bias[...].astype(compute)
-        return y.astype(self.dtype)
+        return y.reshape(x.shape).astype(self.dtype)
 
     def _update(self, batch_mean: jax.Array, batch_var: jax.Array) -> None:
         count = self.num_batches_tracked[...] + 1
@@ -184,3 +210,25 @@ class BatchNorm(nnx.Module):
         self.mean[...] = stop(new_mean.astype(self.mean[...].dtype))
         self.var[...] = stop(new_var.astype(self.var[...].dtype))
         self.num_batches_tracked[...] = stop(count.astype(jnp.int32))
+
+
+def _check_groups(groups: Any) -> None:
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be an int >= 1, got {groups=}")
+
+
+def set_groups(model: nnx.Module, groups: int) -> nnx.Module:
+    """Sets `groups` on every `BatchNorm` of `model` (in place); returns `model`.
+
+    Examples:
+      >>> class Net(nnx.Module):
+      ...     def __init__(self):
+      ...         self.bn = BatchNorm(3, rngs=nnx.Rngs(0))
+      >>> set_groups(Net(), 4).bn.groups
+      4
+    """
+    _check_groups(groups)
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, BatchNorm):
+            module.groups = groups
+    return model

@@ -21,6 +21,10 @@ checkpoint of another structure than the state to restore (one written before Ba
 torch's `num_batches_tracked`) is a `CheckpointMismatchError` instead: nothing is moved and
 nothing falls back, since every step of the run has that structure. Saves are
 synchronous: the train step donates the state's buffers, so a background save must not read them.
+
+Several processes (`train.parallel`): every process creates the managers and calls every save and
+restore (orbax writes each array once and the JSON item from process 0); a damaged step is moved by
+process 0 while the others wait, then every process reloads.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 __all__ = ["CheckpointError", "CheckpointMismatchError", "Checkpoints", "digest"]
 
@@ -230,9 +235,12 @@ class Checkpoints:
 
     def _quarantine(self, step: int) -> str:
         dest = os.path.join(self.directory, "damaged", f"latest-{step}")
-        shutil.rmtree(dest, ignore_errors=True)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        shutil.move(os.path.join(self.latest.directory, str(step)), dest)
+        if jax.process_index() == 0:
+            shutil.rmtree(dest, ignore_errors=True)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.move(os.path.join(self.latest.directory, str(step)), dest)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"jaxloss: quarantined latest-{step}")
         self.latest.reload()
         return dest
 

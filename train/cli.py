@@ -138,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _RUN["workdir"] = None
         signal.signal(signal.SIGINT, _on_interrupt)
     workdir = None
+    primary = True
     try:
         args = parse_flags(argv)
         workdir = args.workdir
@@ -152,8 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
             workdir = os.path.join("runs", f"{stamp}_{config.dataset}_{config.model}")
         _RUN["workdir"] = workdir
-        from train import loop, runtime  # heavy imports once the flags are known to be good
+        from train import loop, parallel, runtime  # heavy imports once the flags are good
 
+        several = args.coordinator is not None or "JAX_COORDINATOR_ADDRESS" in os.environ
+        if several and args.workdir is None:
+            raise ValueError("a run of several processes needs --workdir (one, seen by all)")
+        if parallel.initialize(args.coordinator, args.num_processes, args.process_id):
+            primary = _is_primary()
         if args.malloc == "tuned":
             runtime.tune_malloc()
         summary = loop.train_and_evaluate(config, workdir)
@@ -168,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if handle:
             signal.signal(signal.SIGINT, previous)
+    if not primary:  # process 0 says it
+        return 0
     if "val_accuracy" in summary:
         print(
             f"final: val accuracy {summary['val_accuracy']:.4f}, val macro-F1 "
@@ -178,6 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "export_torch" in summary:
         print(f"torch state_dict written to {summary['export_torch']}")
     return 0
+
+
+def _is_primary() -> bool:
+    import jax
+
+    return jax.process_index() == 0
 
 
 def threading_main() -> bool:

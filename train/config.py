@@ -81,6 +81,9 @@ class Config:
     seed: int = 0
     resume: bool = False
     plot: bool = True
+    # devices (train.parallel): None uses every device of every process
+    devices: int | None = None
+    batch_norm: str = "sync"
 
     def __post_init__(self) -> None:
         """Checks every limit a component enforces, with its message (`jaxloss._validate`)."""
@@ -99,7 +102,14 @@ class Config:
             check_int(name, getattr(self, name), minimum=1)
         for name in ("plateau_patience", "plateau_cooldown", "early_stopping", "seed"):
             check_int(name, getattr(self, name), minimum=0)
-        for name in ("t_max", "eval_batch_size", "limit_train_batches", "width", "image_size"):
+        for name in (
+            "t_max",
+            "eval_batch_size",
+            "limit_train_batches",
+            "width",
+            "image_size",
+            "devices",
+        ):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), minimum=1)
         for name, choices in (
@@ -110,6 +120,7 @@ class Config:
             ("dtype", names.DTYPES),
             ("smoothing_spread", names.SMOOTHING_SPREADS),
             ("plateau_mode", ("min", "max")),
+            ("batch_norm", names.BATCH_NORMS),
         ):
             check_choice(name, getattr(self, name), choices)
         for name in ("augment", "nesterov", "freeze_backbone", "resume", "plot"):

@@ -62,7 +62,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser: every flag but --preset, --workdir and --malloc is a `Config` field."""
+    """The argument parser: every flag is a `Config` field but those in `_NOT_CONFIG`."""
     d = Config()
     p = _Parser(
         prog=PROG,
@@ -262,6 +262,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="'tuned' keeps glibc from unmapping large buffers after every step "
         "(train/runtime.py; faster on CPU, the process keeps its peak heap)",
     )
+    g = p.add_argument_group(
+        "devices and processes (train/parallel.py; the README's 'More devices, more hosts')"
+    )
+    g.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="devices the global batch is split over (default: all, over all processes)",
+    )
+    g.add_argument(
+        "--batch-norm",
+        choices=names.BATCH_NORMS,
+        default=d.batch_norm,
+        help="train-mode BatchNorm statistics over the global batch (torch SyncBatchNorm) or per "
+        "device (DDP without SyncBatchNorm)",
+    )
+    g.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="process 0's address for a run of several processes (jax.distributed); 'auto' "
+        "detects a cluster (SLURM, Open MPI, ...); default $JAX_COORDINATOR_ADDRESS, else one "
+        "process",
+    )
+    g.add_argument("--num-processes", type=int, default=None, help="processes in the run")
+    g.add_argument("--process-id", type=int, default=None, help="this process's index, from 0")
     return p
 
 
@@ -276,11 +302,12 @@ def parse_flags(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def config_from_flags(args: argparse.Namespace) -> Config:
     """Builds the (validated) Config from parsed flags; raises ValueError on bad values."""
-    fields = {k: v for k, v in vars(args).items() if k not in ("workdir", "preset", "malloc")}
+    fields = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     return Config(**fields)
 
 
-_NOT_CONFIG = ("workdir", "preset", "malloc")
+# flags of the process, not of the run (several processes of one run differ in --process-id)
+_NOT_CONFIG = ("workdir", "preset", "malloc", "coordinator", "num_processes", "process_id")
 
 
 def explicit_flags(argv: Sequence[str] | None) -> dict[str, Any]:

@@ -11,10 +11,17 @@ latest state with the loop state (`LoopState`, metrics history included), then `
 which is rewritten from that history. The latest checkpoint is the commit point: a kill at any
 moment resumes from the last committed epoch, and the resume rewrites `metrics.jsonl` from the
 history it restored, so the two never disagree.
+
+Devices (`train.parallel`): the run uses every device of every process unless `config.devices`
+says fewer. Each batch is split over the mesh, the state is replicated, and the numbers are those of
+the global batch. With several processes each one loads its rows of every batch, all of them save
+and restore the checkpoints (orbax), and process 0 alone holds the workdir's lock and writes
+`config.json`, `metrics.jsonl`, the plot, the torch export and the log lines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -25,7 +32,7 @@ from typing import Any
 
 import jax
 
-from train import checkpoints, losses, metrics, optim, schedules, step
+from train import checkpoints, losses, metrics, optim, parallel, schedules, step
 from train import workdir as run_dir
 from train.config import Config
 
@@ -117,25 +124,59 @@ def train_and_evaluate(
       True
     """
     workdir = os.path.abspath(workdir)
+    devices = parallel.create_devices(config.devices)
+    devices.check_same("configuration", config.to_json())
+    if not devices.is_primary:
+        log = _quiet
     if data is None:
         from train import data as data_lib
 
         data = data_lib.input_from_config(config)
-    _check_data(config, data)
-    with run_dir.lock(workdir):
+    _check_data(config, data, devices)
+    with _lock(workdir, devices):
         ckpt = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"), log=log)
         try:
-            config, state, loop = _initialize(config, workdir, data, ckpt, log)
-            run_dir.write_config(workdir, config)
-            run_dir.write_metrics(workdir, loop.history)
-            state = _train(config, workdir, data, ckpt, state, loop, log)
-            summary = _finish(config, workdir, data, ckpt, state, loop, log)
+            config, state, loop = _initialize(config, workdir, data, ckpt, devices, log)
+            devices.barrier("jaxloss: every process has read the workdir")
+            if devices.is_primary:
+                run_dir.write_config(workdir, config)
+                run_dir.write_metrics(workdir, loop.history)
+            log(devices.describe(config.batch_size))
+            state = _train(config, workdir, data, ckpt, state, loop, devices, log)
+            summary = _finish(config, workdir, data, ckpt, state, loop, devices, log)
         finally:
             ckpt.close()
     return summary
 
 
-def _check_data(config: Config, data: Any) -> None:
+def _quiet(message: str) -> None:
+    """The log of processes other than 0: they would repeat process 0's lines."""
+
+
+@contextlib.contextmanager
+def _lock(workdir: str, devices: parallel.Devices):
+    """The workdir's lock, held by process 0 (the others write only their checkpoint shards).
+
+    With several processes all of them learn whether process 0 got it, so that none goes on
+    alone into a collective that the others never reach.
+    """
+    with contextlib.ExitStack() as stack:
+        error = None
+        if devices.is_primary:
+            try:
+                stack.enter_context(run_dir.lock(workdir))
+            except run_dir.WorkdirError as e:
+                error = e
+        else:
+            os.makedirs(workdir, exist_ok=True)
+        if not devices.all_ok(error is None):
+            raise error or run_dir.WorkdirError(
+                f"{workdir} is in use by another run (process 0 could not lock it)"
+            )
+        yield
+
+
+def _check_data(config: Config, data: Any, devices: parallel.Devices) -> None:
     if data.val_size == 0:
         raise ValueError(
             "the run needs a validation split: set val_fraction > 0, "
@@ -146,9 +187,13 @@ def _check_data(config: Config, data: Any) -> None:
             f"batch_size={config.batch_size} is larger than the training set "
             f"({data.train_size} examples)"
         )
+    parallel.check_divisible("batch_size", data.batch_size, devices.num_devices)
+    parallel.check_divisible("eval_batch_size", data.eval_batch_size, devices.num_devices)
 
 
-def _initialize(config, workdir, data, ckpt, log) -> tuple[Config, step.TrainState, LoopState]:
+def _initialize(
+    config, workdir, data, ckpt, devices, log
+) -> tuple[Config, step.TrainState, LoopState]:
     """Decides how training starts. The order is important: resume, else init-from, else fresh."""
     # Parameters come from an RBG key (XLA's RngBitGenerator): a ResNet's threefry initialisers
     # take ~4x longer to compile on CPU (14 s vs 3 s here). Values are reproducible per platform.
@@ -156,8 +201,13 @@ def _initialize(config, workdir, data, ckpt, log) -> tuple[Config, step.TrainSta
     schedule = schedules.create_schedule(config)
 
     def create(cfg: Config) -> step.TrainState:
+        groups = devices.num_devices if cfg.batch_norm == "local" else 1
         return step.create_train_state(
-            cfg, num_classes=data.num_classes, image_shape=data.image_shape, key=init_key
+            cfg,
+            num_classes=data.num_classes,
+            image_shape=data.image_shape,
+            key=init_key,
+            batch_norm_groups=groups,
         )
 
     saved = os.path.join(workdir, "config.json")
@@ -172,14 +222,26 @@ def _initialize(config, workdir, data, ckpt, log) -> tuple[Config, step.TrainSta
         if ckpt.latest_step() is None:  # the run finished no epoch: nothing to restore
             _check_nothing_lost(workdir)
             log(f"{workdir} has no finished epoch: starting its run from epoch 1")
-            return config, create(config), LoopState(plateau=schedule.init())
-        state, loop_dict = ckpt.restore_latest(jax.eval_shape(lambda: create(config)))
+            return config, devices.replicate(create(config)), LoopState(plateau=schedule.init())
+        abstract = jax.eval_shape(lambda: create(config))
+        target = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=devices.replicated), abstract
+        )
+        state, loop_dict = ckpt.restore_latest(target)
         loop = LoopState.from_dict(loop_dict)
         loop.stopped = 0 < config.early_stopping <= loop.bad_epochs  # patience may have changed
         ckpt.discard_after(loop.epoch)  # best states of epochs that will run again
         log(f"resumed from {ckpt.latest.directory} after epoch {loop.epoch}")
         for note in notes:
             log(note)
+        before = loop.history[-1].get("devices") if loop.history else None
+        if config.batch_norm == "local" and before not in (None, devices.num_devices):
+            log(
+                f"warning: --batch-norm local: the run trained on {before} devices and goes on "
+                f"on {devices.num_devices}, so BatchNorm now normalises groups of "
+                f"{data.batch_size // devices.num_devices} examples, not "
+                f"{data.batch_size // before}"
+            )
         return config, state, loop
     if config.resume:
         raise run_dir.WorkdirError(f"--resume: {workdir} holds no run (no config.json)")
@@ -190,8 +252,8 @@ def _initialize(config, workdir, data, ckpt, log) -> tuple[Config, step.TrainSta
         state = init_from.init_from_torch(
             create(config), weights, model=config.model, num_classes=data.num_classes, log=log
         )
-        return config, state, LoopState(plateau=schedule.init())
-    return config, create(config), LoopState(plateau=schedule.init())
+        return config, devices.replicate(state), LoopState(plateau=schedule.init())
+    return config, devices.replicate(create(config)), LoopState(plateau=schedule.init())
 
 
 def _check_nothing_lost(workdir: str) -> None:
@@ -203,11 +265,12 @@ def _check_nothing_lost(workdir: str) -> None:
         )
 
 
-def _train(config, workdir, data, ckpt, state, loop, log) -> step.TrainState:
+def _train(config, workdir, data, ckpt, state, loop, devices, log) -> step.TrainState:
     """Runs epochs until `config.epochs` or early stopping; saves after each one."""
     num_classes = data.num_classes
     loss_fn = losses.loss_from_config(config, num_classes)
-    train_fn, eval_fn = step.compiled_steps(loss_fn, num_classes, config.disturb_label)
+    train_fn, eval_fn = step.compiled_steps(loss_fn, num_classes, config.disturb_label, devices)
+    train_rows = devices.rows(data.batch_size)
     schedule = schedules.create_schedule(config)
     step_key = jax.random.fold_in(jax.random.key(config.seed), 1)  # dropout, DisturbLabel
     steps = data.steps_per_epoch
@@ -218,17 +281,19 @@ def _train(config, workdir, data, ckpt, state, loop, log) -> step.TrainState:
         lr = schedule.lr(loop.plateau, loop.epoch)
         state = state.replace(opt_state=optim.set_learning_rate(state.opt_state, lr))
         train_sums = metrics.empty_metrics(num_classes)
-        batches = _limit(data.train_batches(loop.epoch), steps)
-        for batch in _progress(batches, steps, f"epoch {loop.epoch + 1}/{config.epochs}"):
-            state, m = train_fn(state, batch, step_key)
+        batches = _limit(_batches(data.train_batches, train_rows, loop.epoch), steps)
+        desc = f"epoch {loop.epoch + 1}/{config.epochs}"
+        for batch in _progress(batches, steps, desc, devices.is_primary):
+            state, m = train_fn(state, devices.put_batch(batch), step_key)
             train_sums = train_sums + m
-        val_sums = step.evaluate(eval_fn, state, data.eval_batches("val"), num_classes)
-        train_m, val_m = jax.device_get((train_sums, val_sums))  # the epoch's one host sync
+        val_sums = _evaluate(eval_fn, state, data, "val", devices)
+        train_m, val_m = devices.fetch((train_sums, val_sums))  # the epoch's one host sync
         record = {
             "epoch": loop.epoch + 1,
             "lr": lr,
             **metrics.summarize(train_m, "train_"),
             **metrics.summarize(val_m, "val_", confusion=num_classes <= 100),
+            "devices": devices.num_devices,
             "time_s": round(time.perf_counter() - start, 3),
         }
         loop.plateau = schedule.update(loop.plateau, record)
@@ -239,14 +304,29 @@ def _train(config, workdir, data, ckpt, state, loop, log) -> step.TrainState:
         if improved_f1:
             ckpt.save_best("best_f1", loop.epoch, state, record)
         ckpt.save_latest(loop.epoch, state, loop.to_dict())
-        run_dir.write_metrics(workdir, loop.history)
+        if devices.is_primary:
+            run_dir.write_metrics(workdir, loop.history)
         log(_epoch_line(record, config.epochs))
         if loop.stopped:
             log(f"early stopping: val loss has not improved for {loop.bad_epochs} epochs")
     return state
 
 
-def _finish(config, workdir, data, ckpt, state, loop, log) -> dict[str, Any]:
+def _evaluate(eval_fn, state, data, split: str, devices: parallel.Devices) -> metrics.Metrics:
+    rows = devices.rows(data.eval_batch_size)
+    batches = (devices.put_batch(b) for b in _batches(data.eval_batches, rows, split))
+    return step.evaluate(eval_fn, state, batches, data.num_classes)
+
+
+def _batches(method, rows: slice, arg):
+    """`method(arg)`, or `method(arg, rows)` for a process that loads only some rows.
+
+    An `Input`-like object of the caller's (`data=`) needs no `rows` argument in one process.
+    """
+    return method(arg) if rows.start == 0 and rows.stop is None else method(arg, rows)
+
+
+def _finish(config, workdir, data, ckpt, state, loop, devices, log) -> dict[str, Any]:
     """Test metrics of the best-by-val-loss state, the torch export and the curves."""
     summary: dict[str, Any] = dict(loop.history[-1]) if loop.history else {}
     best_epoch = ckpt.best_step("best_loss")
@@ -255,22 +335,22 @@ def _finish(config, workdir, data, ckpt, state, loop, log) -> dict[str, Any]:
         best = ckpt.restore_best("best_loss", state)
     if data.test_size > 0 and best_epoch is not None:
         loss_fn = losses.loss_from_config(config, data.num_classes)
-        _, eval_fn = step.compiled_steps(loss_fn, data.num_classes, config.disturb_label)
-        batches = data.eval_batches("test")
-        test_m = jax.device_get(step.evaluate(eval_fn, best, batches, data.num_classes))
+        _, eval_fn = step.compiled_steps(loss_fn, data.num_classes, config.disturb_label, devices)
+        test_m = devices.fetch(_evaluate(eval_fn, best, data, "test", devices))
         summary.update(metrics.summarize(test_m, "test_"))
         log(
             f"test (best val loss, epoch {best_epoch}): loss {summary['test_loss']:.4f} "
             f"acc {summary['test_accuracy']:.4f} f1 {summary['test_f1']:.4f}"
         )
-    if config.export_torch:
+    if config.export_torch and devices.is_primary:
         from train.pytorch import init_from
 
         init_from.export_torch(best, config.export_torch, model=config.model)
         which = f"best val loss, epoch {best_epoch}" if best_epoch is not None else "last epoch"
         log(f"exported the model ({which}) as a torch state_dict to {config.export_torch}")
+    if config.export_torch:
         summary["export_torch"] = os.path.abspath(config.export_torch)
-    if config.plot and loop.history:
+    if config.plot and loop.history and devices.is_primary:
         from train import plots
 
         plots.plot_curves(loop.history, os.path.join(workdir, "curves.png"))
@@ -287,7 +367,7 @@ def _epoch_line(r: dict[str, Any], epochs: int) -> str:
     )
 
 
-def _progress(iterable, total: int, desc: str):
+def _progress(iterable, total: int, desc: str, show: bool):
     from tqdm.auto import tqdm
 
     return tqdm(
@@ -297,7 +377,7 @@ def _progress(iterable, total: int, desc: str):
         leave=False,
         file=sys.stderr,
         dynamic_ncols=True,
-        disable=None,
+        disable=None if show else True,
     )
 
 

@@ -8,6 +8,7 @@ that each registry covers exactly its names.
 from __future__ import annotations
 
 __all__ = [
+    "BATCH_NORMS",
     "COMMAND",
     "DTYPES",
     "LOSSES",
@@ -57,3 +58,7 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 
 SMOOTHING_SPREADS: tuple[str, ...] = ("others", "uniform")
 """`--smoothing-spread` choices (`jaxloss.label_smoothing_loss`'s `spread`)."""
+
+BATCH_NORMS: tuple[str, ...] = ("sync", "local")
+"""`--batch-norm` choices: train-mode statistics over the global batch (torch's `SyncBatchNorm`) or
+per device (DDP without it; `train.batch_norm.BatchNorm`'s `groups`)."""

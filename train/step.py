@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.struct
 import jax
@@ -22,8 +22,11 @@ import optax
 from flax import nnx
 
 import jaxloss
-from train import losses, metrics, models, optim
+from train import batch_norm, losses, metrics, models, optim
 from train.config import Config
+
+if TYPE_CHECKING:
+    from train.parallel import Devices
 
 __all__ = [
     "TrainState",
@@ -63,7 +66,12 @@ class TrainState:
 
 
 def create_train_state(
-    config: Config, *, num_classes: int, image_shape: tuple[int, int, int], key: jax.Array
+    config: Config,
+    *,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    key: jax.Array,
+    batch_norm_groups: int = 1,
 ) -> TrainState:
     """Initialises the model (under `jit`, so it is fast) and the optimiser.
 
@@ -73,6 +81,8 @@ def create_train_state(
       image_shape: `(H, W, C)`.
       key: parameter initialisation key (an RBG key, `jax.random.key(seed, impl="rbg")`, compiles
         much faster than a threefry one for deep models).
+      batch_norm_groups: train-mode BatchNorm statistics per this many groups of the batch (the
+        devices, for per-device BatchNorm: `train.batch_norm.BatchNorm`'s `groups`); 1 is global.
 
     Returns:
       A `TrainState` at step 0.
@@ -86,7 +96,13 @@ def create_train_state(
     """
     tx = optim.optimizer_from_config(config)
     graphdef, init = _initializer(
-        config.model, num_classes, tuple(image_shape), config.dtype, config.width, tx
+        config.model,
+        num_classes,
+        tuple(image_shape),
+        config.dtype,
+        config.width,
+        tx,
+        batch_norm_groups,
     )
     params, batch_stats, opt_state = init(key)
     return TrainState(
@@ -101,26 +117,30 @@ def create_train_state(
 
 @functools.lru_cache(maxsize=16)
 def _initializer(
-    model: str,
+    model_name: str,
     num_classes: int,
     image_shape: tuple[int, int, int],
     dtype: str,
     width: int | None,
     tx: optax.GradientTransformation,
+    batch_norm_groups: int,
 ):
-    build = functools.partial(
-        models.create_model,
-        model,
-        num_classes=num_classes,
-        image_shape=image_shape,
-        dtype=_DTYPES[dtype],
-        width=width,
-    )
+    def build(rngs: nnx.Rngs) -> nnx.Module:
+        model = models.create_model(
+            model_name,
+            num_classes=num_classes,
+            image_shape=image_shape,
+            dtype=_DTYPES[dtype],
+            width=width,
+            rngs=rngs,
+        )
+        return batch_norm.set_groups(model, batch_norm_groups)
+
     graphdef, _, _, rest = nnx.split(
         nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0))), nnx.Param, nnx.BatchStat, ...
     )
     if jax.tree.leaves(rest):
-        raise ValueError(f"model {model!r} holds state other than params and batch stats")
+        raise ValueError(f"model {model_name!r} holds state other than params and batch stats")
 
     @jax.jit
     def init(key):
@@ -134,7 +154,10 @@ def _initializer(
 
 @functools.lru_cache(maxsize=16)
 def compiled_steps(
-    loss_fn: losses.LossFn, num_classes: int, disturb_label: float
+    loss_fn: losses.LossFn,
+    num_classes: int,
+    disturb_label: float,
+    devices: Devices | None = None,
 ) -> tuple[Callable[..., tuple[TrainState, metrics.Metrics]], Callable[..., metrics.Metrics]]:
     """`(train_fn, eval_fn)`: `train_step` and `eval_step` under `jax.jit`, cached per loss.
 
@@ -143,18 +166,26 @@ def compiled_steps(
     `train.metrics.Metrics`. The same arguments give the same compiled functions, so repeated runs
     in one process (tests, sweeps) do not recompile.
 
+    With `devices` (a `train.parallel.Devices`), both are jitted for its mesh: the batch split
+    along its first axis, the state, key and metrics replicated. The functions are the same; XLA
+    partitions them, so the results are those of the global batch on any number of devices.
+
     Examples:
       >>> loss_fn = losses.create_loss("ce", num_classes=3)
       >>> compiled_steps(loss_fn, 3, 0.0) is compiled_steps(loss_fn, 3, 0.0)
       True
     """
-    train_fn = jax.jit(
-        functools.partial(
-            train_step, loss_fn=loss_fn, num_classes=num_classes, disturb_label=disturb_label
-        ),
-        donate_argnums=0,
+    train = functools.partial(
+        train_step, loss_fn=loss_fn, num_classes=num_classes, disturb_label=disturb_label
     )
-    eval_fn = jax.jit(functools.partial(eval_step, loss_fn=loss_fn))
+    evaluate_batch = functools.partial(eval_step, loss_fn=loss_fn)
+    if devices is None:
+        return jax.jit(train, donate_argnums=0), jax.jit(evaluate_batch)
+    rep, split = devices.replicated, devices.batch_sharding
+    train_fn = jax.jit(
+        train, in_shardings=(rep, split, rep), out_shardings=(rep, rep), donate_argnums=0
+    )
+    eval_fn = jax.jit(evaluate_batch, in_shardings=(rep, split), out_shardings=rep)
     return train_fn, eval_fn
 
 

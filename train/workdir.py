@@ -33,9 +33,19 @@ __all__ = [
     "write_metrics",
 ]
 
-RESUMABLE = ("epochs", "early_stopping", "export_torch", "plot", "data_dir", "cache_dir")
+RESUMABLE = (
+    "epochs",
+    "early_stopping",
+    "export_torch",
+    "plot",
+    "data_dir",
+    "cache_dir",
+    "devices",
+)
 """Fields a resumed run may change: how long it goes on, when it stops early, what it writes at
-the end, and where its data lives. Everything else would make it another run."""
+the end, where its data lives, and how many devices share the global batch (the same results with
+`batch_norm="sync"`; per-device statistics with `"local"`). Everything else would make it another
+run."""
 
 
 class WorkdirError(ValueError):

@@ -294,51 +294,6 @@ def test_accumulated_micro_batches_equal_one_big_batch_without_batchnorm(optimiz
     assert moved > 1e-3  # the steps did something
 
 
-_DATA_PARALLEL = r"""
-import functools, jax, jax.numpy as jnp, numpy as np
-jax.config.update("jax_num_cpu_devices", 2)
-from jax.sharding import NamedSharding, PartitionSpec as P
-from train import losses
-from train import step as step_lib
-from train.config import Config
-# SGD, not Adam: Adam's first step is ~lr * sign(g), so it turns rounding noise in near-zero
-# gradients into lr-sized differences.
-state = step_lib.create_train_state(Config(model="small_cnn", width=2, optimizer="sgd", lr=0.1),
-                                     num_classes=3, image_shape=(16, 16, 1),
-                                     key=jax.random.key(0, impl="rbg"))
-mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-batch = {"image": np.random.default_rng(0).normal(size=(8, 16, 16, 1)).astype(np.float32),
-         "label": np.arange(8, dtype=np.int32) % 3, "mask": np.ones(8, bool)}
-step = jax.jit(functools.partial(step_lib.train_step, num_classes=3,
-                                 loss_fn=losses.create_loss("ce", num_classes=3)))
-s1, m1 = step(state, batch, jax.random.key(1))
-s2, m2 = step(jax.device_put(state, NamedSharding(mesh, P())),
-              jax.device_put(batch, NamedSharding(mesh, P("data"))), jax.random.key(1))
-assert len(s2.params["fc3"]["kernel"].sharding.device_set) == 2
-diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
-    jax.tree.leaves((s1.params, s1.batch_stats)), jax.tree.leaves((s2.params, s2.batch_stats))))
-assert diff < 1e-5 and abs(float(m1.loss_sum) - float(m2.loss_sum)) < 1e-4, diff
-print("ok", diff)
-"""
-
-
-def test_data_parallel_needs_only_shardings():
-    """The same train_step on a 2-device mesh (batch sharded, state replicated) equals one device;
-    BatchNorm sees the global batch. Runs in a subprocess: the device count is fixed at start-up."""
-    import subprocess
-    import sys
-
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.run(
-        [sys.executable, "-c", _DATA_PARALLEL],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr[-2000:]
-
-
 def test_resume_edges_of_the_contract(tmp_path):
     """README's resume contract at its edges: a longer patience restarts a run that stopped early;
     a run that saved no epoch resumes from epoch 1; epochs recorded without a checkpoint are lost,

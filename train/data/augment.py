@@ -42,7 +42,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def pad_crop_flip(
-    images: np.ndarray, rng: np.random.Generator, *, pad: int, flip: bool
+    images: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    pad: int,
+    flip: bool,
+    rows: slice | None = None,
+    batch_size: int | None = None,
 ) -> np.ndarray:
     """Random shift (zero-pad then crop) and optional horizontal flip of a batch.
 
@@ -52,6 +58,10 @@ def pad_crop_flip(
         pad: pixels of zero padding on every side; offsets are uniform in
             ``[0, 2 * pad]``. ``0`` disables the shift.
         flip: mirror each image left-right with probability 1/2.
+        rows: ``images`` are these rows of a batch of ``batch_size`` examples (one process's
+            share): the offsets are drawn for the whole batch and these rows' are applied, so each
+            example gets the same augmentation however the batch is split.
+        batch_size: the whole batch's size when ``rows`` is given.
 
     Returns:
         An array of the same shape and dtype as ``images``.
@@ -67,16 +77,20 @@ def pad_crop_flip(
     if pad < 0:
         raise ValueError(f"pad must be >= 0, got {pad=}")
     b, h, w, _ = images.shape
+    total = b if rows is None else batch_size
+    if total is None or (rows is not None and len(range(total)[rows]) != b):
+        raise ValueError(f"rows={rows} of batch_size={batch_size} do not match {b} images")
+    pick = slice(None) if rows is None else rows
     out = images
     if pad > 0:
         padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        dy = rng.integers(0, 2 * pad + 1, size=b)
-        dx = rng.integers(0, 2 * pad + 1, size=b)
-        rows = dy[:, None] + np.arange(h)  # (B, H)
-        cols = dx[:, None] + np.arange(w)  # (B, W)
-        out = padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+        dy = rng.integers(0, 2 * pad + 1, size=total)[pick]
+        dx = rng.integers(0, 2 * pad + 1, size=total)[pick]
+        ys = dy[:, None] + np.arange(h)  # (B, H)
+        xs = dx[:, None] + np.arange(w)  # (B, W)
+        out = padded[np.arange(b)[:, None, None], ys[:, :, None], xs[:, None, :]]
     if flip:
-        mirror = rng.random(b) < 0.5
+        mirror = (rng.random(total) < 0.5)[pick]
         out = np.where(mirror[:, None, None, None], out[:, :, ::-1], out)
     return out
 

@@ -117,11 +117,14 @@ class Input:
     num_threads: int
     splits: dict[str, tuple[Pool, np.ndarray]] = dataclasses.field(repr=False)
 
-    def train_batches(self, epoch: int) -> Iterator[Batch]:
+    def train_batches(self, epoch: int, rows: slice | None = None) -> Iterator[Batch]:
         """Shuffled, augmented, full training batches of one epoch.
 
         Args:
             epoch: 0-based epoch; with ``seed`` it fixes the order and the augmentation.
+            rows: load only these rows of each batch (one process's share of the global batch,
+                ``train.parallel.Devices.rows``); they equal those rows of the whole batch,
+                augmentation included. Default: all.
 
         Returns:
             An iterator over ``steps_per_epoch`` batches.
@@ -140,16 +143,19 @@ class Input:
         ds = grain.MapDataset.source(indices).shuffle(seed=derive_seed(self.seed, epoch, _SHUFFLE))
         ds = ds.batch(self.batch_size, drop_remainder=True)
         if self.augment:
-            ds = ds.random_map(_TrainBatch(pool), seed=derive_seed(self.seed, epoch, _AUGMENT))
+            ds = ds.random_map(
+                _TrainBatch(pool, rows), seed=derive_seed(self.seed, epoch, _AUGMENT)
+            )
         else:
-            ds = ds.map(lambda b: _TrainBatch(pool)(b, None))
+            ds = ds.map(lambda b: _TrainBatch(pool, rows)(b, None))
         return self._iterate(ds)
 
-    def eval_batches(self, split: str = "val") -> Iterator[Batch]:
+    def eval_batches(self, split: str = "val", rows: slice | None = None) -> Iterator[Batch]:
         """Un-augmented batches of ``"val"`` or ``"test"`` in a fixed order, last one padded.
 
         Args:
             split: ``"val"`` or ``"test"``. A split of size 0 yields no batch.
+            rows: load only these rows of each batch (see ``train_batches``). Default: all.
 
         Returns:
             An iterator over ``ceil(size / eval_batch_size)`` batches.
@@ -171,9 +177,11 @@ class Input:
         padded[:n] = indices
         mask = np.arange(num_batches * size) < n
 
+        pick = slice(None) if rows is None else rows
+
         def make(b: int) -> Batch:
-            image, label = pool.load(padded[b * size : (b + 1) * size], None)
-            return {"image": image, "label": label, "mask": mask[b * size : (b + 1) * size]}
+            image, label = pool.load(padded[b * size : (b + 1) * size][pick], None)
+            return {"image": image, "label": label, "mask": mask[b * size : (b + 1) * size][pick]}
 
         return self._iterate(grain.MapDataset.range(num_batches).map(make))
 
@@ -188,14 +196,15 @@ class Input:
 
 
 class _TrainBatch:
-    """Picklable ``(indices, rng) -> batch`` for grain."""
+    """Picklable ``(indices, rng) -> batch`` for grain (``rows`` of each batch only)."""
 
-    def __init__(self, pool: Pool):
+    def __init__(self, pool: Pool, rows: slice | None = None):
         self.pool = pool
+        self.rows = rows
 
     def __call__(self, indices: np.ndarray, rng: np.random.Generator | None) -> Batch:
-        image, label = self.pool.load(indices, rng)
-        return {"image": image, "label": label, "mask": np.ones(len(indices), np.bool_)}
+        image, label = self.pool.load(indices, rng, self.rows)
+        return {"image": image, "label": label, "mask": np.ones(len(label), np.bool_)}
 
 
 def _closing(iterator: grain.DatasetIterator) -> Iterator[Batch]:

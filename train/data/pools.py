@@ -35,9 +35,13 @@ class Pool(Protocol):
     labels: np.ndarray
 
     def load(
-        self, indices: np.ndarray, rng: np.random.Generator | None
+        self, indices: np.ndarray, rng: np.random.Generator | None, rows: slice | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Images and labels of ``indices``; ``rng`` (training) augments, ``None`` does not."""
+        """Images and labels of ``indices[rows]``; ``rng`` (training) augments, ``None`` does not.
+
+        ``rows`` (default all) is one process's share of the batch ``indices``: the random draws
+        are made for the whole batch, so an example is augmented alike however it is split.
+        """
         ...
 
 
@@ -64,9 +68,11 @@ class ArrayPool:
     flip: bool
 
     def load(
-        self, indices: np.ndarray, rng: np.random.Generator | None
+        self, indices: np.ndarray, rng: np.random.Generator | None, rows: slice | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Returns float32 ``(B, H, W, C)`` images and int32 ``(B,)`` labels; ``rng`` augments.
+
+        ``B`` is ``len(indices[rows])``; see :class:`Pool`.
 
         Examples:
             >>> pool = ArrayPool(np.full((3, 2, 2, 1), 255, np.uint8), np.arange(3, dtype=np.int32),
@@ -75,12 +81,15 @@ class ArrayPool:
             >>> x.shape, float(x.max()), y.tolist()
             ((2, 2, 2, 1), 1.0, [2, 0])
         """
-        images = self.images[indices]
+        picked = indices if rows is None else indices[rows]
+        images = self.images[picked]
         if rng is not None:
-            images = pad_crop_flip(images, rng, pad=self.pad, flip=self.flip)
+            images = pad_crop_flip(
+                images, rng, pad=self.pad, flip=self.flip, rows=rows, batch_size=len(indices)
+            )
         return normalize(
             images, max_value=self.max_value, mean=self.mean, std=self.std
-        ), self.labels[indices]
+        ), self.labels[picked]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -88,7 +97,9 @@ class FolderPool:
     """Image files decoded per batch, with ImageNet normalisation.
 
     Training batches (``rng`` given) get random-resized-crop and a horizontal
-    flip; evaluation batches get resize + centre crop.
+    flip, each example from its own generator (seeded by one draw per example of ``rng``, so a
+    process that loads only some rows crops them as the whole batch would); evaluation batches
+    get resize + centre crop.
 
     Attributes:
         paths: one file per example.
@@ -101,9 +112,11 @@ class FolderPool:
     size: int
 
     def load(
-        self, indices: np.ndarray, rng: np.random.Generator | None
+        self, indices: np.ndarray, rng: np.random.Generator | None, rows: slice | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Float32 ``(B, size, size, 3)`` images and int32 ``(B,)`` labels; ``rng`` augments.
+
+        ``B`` is ``len(indices[rows])``; see :class:`Pool`.
 
         Examples:
             >>> import tempfile
@@ -114,16 +127,20 @@ class FolderPool:
             >>> x.shape, round(float(x[0, 0, 0, 0]), 4), y.tolist()
             ((2, 4, 4, 3), 2.2489, [3, 3])
         """
-        out = np.empty((len(indices), self.size, self.size, 3), np.uint8)
-        for k, i in enumerate(indices):
+        pick = slice(None) if rows is None else rows
+        picked = indices[pick]
+        seeds = None if rng is None else rng.integers(0, 2**63 - 1, size=len(indices))[pick]
+        out = np.empty((len(picked), self.size, self.size, 3), np.uint8)
+        for k, i in enumerate(picked):
             image = load_image(self.paths[i])
-            if rng is None:
+            if seeds is None:
                 image = resize_center_crop(image, size=self.size)
             else:
-                image = random_resized_crop(image, rng, size=self.size)
-                if rng.random() < 0.5:
+                example_rng = np.random.default_rng(seeds[k])
+                image = random_resized_crop(image, example_rng, size=self.size)
+                if example_rng.random() < 0.5:
                     image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             out[k] = np.asarray(image)
         return normalize(out, max_value=255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD), self.labels[
-            indices
+            picked
         ]
