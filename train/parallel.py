@@ -115,7 +115,7 @@ class Devices:
     """The run's mesh (one `"data"` axis) and this process's place in it.
 
     Attributes:
-      mesh: the `jax.sharding.Mesh` over the devices the run uses, in `jax.devices()` order
+      mesh: the `jax.sharding.Mesh` over the devices the run uses, ordered by process and id
         (process 0's devices first).
     """
 
@@ -175,9 +175,10 @@ class Devices:
         if self.num_processes == 1:
             return slice(0, None)
         index_map = self.batch_sharding.addressable_devices_indices_map((global_batch,))
-        starts = sorted(index[0].start or 0 for index in index_map.values())
-        stops = sorted(index[0].stop or global_batch for index in index_map.values())
-        return slice(starts[0], stops[-1])
+        spans = sorted(_span(index[0], global_batch) for index in index_map.values())
+        if any(a[1] != b[0] for a, b in zip(spans, spans[1:], strict=False)):
+            raise ValueError(f"this process's devices hold rows {spans} of the batch: not one run")
+        return slice(spans[0][0], spans[-1][1])
 
     def put_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """This process's rows of a batch (`rows`) as global arrays split over the mesh."""
@@ -225,6 +226,10 @@ class Devices:
             multihost_utils.sync_global_devices(name)
 
 
+def _span(index: slice, size: int) -> tuple[int, int]:
+    return (index.start or 0, size if index.stop is None else index.stop)
+
+
 def create_devices(num_devices: int | None = None) -> Devices:
     """The mesh over the first `num_devices` devices (None: all of them, over all processes).
 
@@ -254,6 +259,8 @@ def create_devices(num_devices: int | None = None) -> Devices:
             f"--devices={num_devices}: a run of {jax.process_count()} processes uses all "
             f"{len(available)} devices"
         )
+    # by process, so that each process's devices hold one run of rows (Devices.rows)
+    ordered = sorted(available, key=lambda d: (d.process_index, d.id))[:num_devices]
     axis_types = (jax.sharding.AxisType.Auto,)
-    mesh = Mesh(np.array(available[:num_devices]), (DATA_AXIS,), axis_types=axis_types)
+    mesh = Mesh(np.array(ordered), (DATA_AXIS,), axis_types=axis_types)
     return Devices(mesh)
