@@ -95,32 +95,47 @@ def _softmax_others(x: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 @jax.custom_jvp
-def _others_grad(x, g_o, labels, e, m, s, fast):
-    """``g_o * softmax_others(x)``, from the forward's residuals.
+def _others_grad(x, g_o, labels, e, m, s, fast, g_s, v):
+    """``g_o * softmax_others(x) [+ g_s v]``, from the forward's residuals.
 
     ``e * (g_o / s)`` on the fast path, ``exp(z - m_o) * (g_o / s)`` on the exact one (``m_o`` is
     the exact max of the others, so no rounding of ``lse_o`` enters and the gradient is exact to a
-    few ulps at any scale).
+    few ulps at any scale). With label smoothing (``v`` not ``None``) the gradient of ``z . v``,
+    ``g_s v``, is added inside each branch, in the same elementwise pass (added after the ``cond``
+    it was one more read and write of the ``(N, C)`` gradient: 12 % of the smoothed loss).
 
-    The value is a function of ``x`` and ``g_o`` only; ``e``, ``m``, ``s`` and ``fast`` are the
-    forward's residuals. Its derivatives (second and higher order of the loss) come from
-    :func:`_softmax_others` instead: autodiff of ``e / s`` with ``s`` as small as ``exp(-87)`` (the
-    fast path at margins above about 44 in float32) forms ``1 / s**2`` and turns into NaN.
+    The value is a function of ``x``, ``g_o``, ``g_s`` and ``v`` only; ``e``, ``m``, ``s`` and
+    ``fast`` are the forward's residuals. Its derivatives (second and higher order of the loss)
+    come from :func:`_softmax_others` instead: autodiff of ``e / s`` with ``s`` as small as
+    ``exp(-87)`` (the fast path at margins above about 44 in float32) forms ``1 / s**2`` and turns
+    into NaN.
     """
     g_over_s = expand(g_o / s)
 
+    def plus_smoothing(grad):
+        if v is None:
+            return grad
+        return grad + expand(g_s) * _layout.class_vector(v, x.ndim)
+
     def exact():
         is_target = _layout.is_target(labels, x.shape[1])
-        return jnp.exp(jnp.where(is_target, -jnp.inf, x) - expand(m)) * g_over_s
+        return plus_smoothing(jnp.exp(jnp.where(is_target, -jnp.inf, x) - expand(m)) * g_over_s)
 
-    return lax.cond(fast, lambda: e * g_over_s, exact)
+    return lax.cond(fast, lambda: plus_smoothing(e * g_over_s), exact)
 
 
 @_others_grad.defjvp
 def _others_grad_jvp(primals, tangents):
     x, g_o, labels = primals[:3]
+    g_s, v = primals[7:]
     dx, dg_o = tangents[:2]  # the residuals' tangents are implied by dx: ignored
     _, d_out = jax.jvp(lambda z, g: expand(g) * _softmax_others(z, labels), (x, g_o), (dx, dg_o))
+    if v is not None:
+        dg_s, dv = tangents[7:]
+        _, d_smooth = jax.jvp(
+            lambda g, w: expand(g) * _layout.class_vector(w, x.ndim), (g_s, v), (dg_s, dv)
+        )
+        d_out = d_out + d_smooth
     return _others_grad(*primals), d_out
 
 
@@ -174,9 +189,7 @@ def _backward(res, g):
     g_t, g_o, g_s = g
     if v is not None:  # d(z @ v)/dz_j = v_j, added in the same pass
         g_t = g_t + g_s * v[labels]
-    grad = _others_grad(x, g_o, labels, e, m, s, fast)
-    if v is not None:
-        grad = grad + expand(g_s) * _layout.class_vector(v, x.ndim)
+    grad = _others_grad(x, g_o, labels, e, m, s, fast, g_s if v is not None else None, v)
     grad = _layout.set_target(grad, labels, g_t)
     grad_v = None
     if v is not None:
