@@ -62,7 +62,9 @@ def test_eval_and_train_forward_match_torch(name, cifar, size):
     torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
     torch_model.double()
 
-    x = rng.normal(size=(3, size, size, 3)).astype(np.float32)
+    # 8 examples: layer4 is 1x1, and train-mode BatchNorm over 3 values per channel amplified
+    # float32 rounding past the float64-reference rule with 2 torch threads
+    x = rng.normal(size=(8, size, size, 3)).astype(np.float32)
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2)).double()
 
     @functools.partial(jax.jit, static_argnames="train")
