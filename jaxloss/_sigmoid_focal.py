@@ -11,7 +11,7 @@ import numpy as np
 from jax import lax
 
 from jaxloss import _validate
-from jaxloss._sigmoid_vjp import _sigmoid_focal_elementwise
+from jaxloss._sigmoid_jvp import _sigmoid_focal_elementwise
 
 
 def sigmoid_focal_loss(

@@ -162,9 +162,10 @@ def test_axis1_equals_classes_last_to_rounding_for_values_and_gradients():
         np.testing.assert_allclose(ga, jnp.moveaxis(gb, -1, 1), rtol=1e-5, atol=1e-7, err_msg=name)
 
 
-def test_forward_mode_works_for_probability_targets_not_for_the_index_form():
-    """Probability targets are plain autodiff (jvp, jacfwd, check_grads in both modes); the index
-    forms are a custom_vjp (the fused backward), so forward mode raises instead of being wrong."""
+def test_forward_mode_works_for_probability_targets_and_agrees_with_the_index_form():
+    """Probability targets are plain autodiff and the index forms a ``custom_jvp``: both take
+    ``jax.jvp``, ``jacfwd`` and ``check_grads`` in both modes, and one-hot targets give the index
+    form's tangent."""
     from jax.test_util import check_grads
 
     x = jnp.asarray(LOGITS, jnp.float64) if jax.config.x64_enabled else LOGITS
@@ -175,8 +176,12 @@ def test_forward_mode_works_for_probability_targets_not_for_the_index_form():
     check_grads(soft, (x,), order=2, modes=["fwd", "rev"], atol=5e-2, rtol=5e-2)
     _, tangent = jax.jvp(soft, (x,), (jnp.ones_like(x),))
     assert abs(float(tangent)) < 1e-5  # softmax is shift-invariant per example
-    with pytest.raises(TypeError):
-        jax.jvp(lambda z: jaxloss.cross_entropy(z, LABELS, axis=1), (x,), (jnp.ones_like(x),))
+    direction = jnp.sin(jnp.arange(x.size, dtype=x.dtype)).reshape(x.shape)
+    one_hot = jnp.moveaxis(jax.nn.one_hot(LABELS, x.shape[1], dtype=x.dtype), -1, 1)
+    _, from_index = jax.jvp(lambda z: jaxloss.cross_entropy(z, LABELS, axis=1), (x,), (direction,))
+    _, from_probs = jax.jvp(lambda z: jaxloss.cross_entropy(z, one_hot, axis=1), (x,), (direction,))
+    assert abs(float(from_index)) > 1e-3
+    np.testing.assert_allclose(from_index, from_probs, rtol=1e-5)
 
 
 def test_half_precision_probability_targets_compute_in_float32():

@@ -203,7 +203,8 @@ def test_class_weight_gradient_equals_the_logits_form():
 
 
 def test_forward_mode_is_not_available():
-    """A ``custom_vjp``, as the index forms of the logits losses: ``jax.jvp`` raises TypeError."""
+    """A ``custom_vjp`` (unlike the logits losses' index forms, a ``custom_jvp``): ``jax.jvp``
+    raises TypeError instead of computing anything."""
     with pytest.raises(TypeError):
         jax.jvp(lambda x: jaxloss.linear_focal_loss(x, W, Y, chunk_size=4), (X,), (X,))
 
