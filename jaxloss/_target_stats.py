@@ -142,6 +142,7 @@ def _dot_classes(x: jax.Array, v: jax.Array) -> jax.Array:
 def _exact_terms(x: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(m_o, s, e)`` of the exact path: ``e = exp(z - m_o)`` (0 at the target), ``s = sum(e)``."""
     others = jnp.where(_layout.is_target(labels, x.shape[1]), -jnp.inf, x)
+    # With C >= 2 every row has at least one finite "other" logit, so m_o is finite and s >= 1.
     m_o = lax.stop_gradient(jnp.max(others, axis=1))
     e = jnp.exp(others - expand(m_o))
     return m_o, jnp.sum(e, axis=1), e

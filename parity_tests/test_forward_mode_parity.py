@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import torch_reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from parity_helpers import DTYPES, REDUCTIONS, TOLERANCES, cases, gammas, to_torch
+from parity_helpers import DTYPES, REDUCTIONS, TOLERANCES, cases, flat, gammas, to_torch
 
 import jaxloss
 
@@ -49,19 +49,16 @@ def assert_jvp_parity(jax_fn, torch_fn, primals, tangents, dtype):
     np.testing.assert_allclose(tangent, want_tangent, rtol=rule["rtol"], atol=rule["atol"] * scale)
 
 
-def _tangent(case):
-    return case.rng.normal(size=case.logits.shape)
-
-
-def _flat(fn, case, reduction):
-    """A torch loss over ``(N, C)`` on ``(*lead, C)`` logits, in jaxloss's output shape."""
-    lead, num_classes = case.logits.shape[:-1], case.num_classes
-
-    def wrapped(t):
-        out = fn(t.reshape(-1, num_classes))
-        return out.reshape(lead) if reduction == "none" else out
-
-    return wrapped
+def assert_logits_jvp_parity(jax_fn, torch_fn, case, reduction, dtype):
+    """``assert_jvp_parity`` in the logits along a random tangent; ``torch_fn`` takes ``(N, C)``."""
+    lead = case.logits.shape[:-1]
+    assert_jvp_parity(
+        jax_fn,
+        flat(torch_fn, case.num_classes, lead, reduction),
+        (case.logits,),
+        (case.rng.normal(size=case.logits.shape),),
+        dtype,
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -76,19 +73,15 @@ def test_cross_entropy_jvp_matches_torch(dtype, case, smoothing, weighted, reduc
     weight = case.rng.uniform(0.1, 3.0, case.num_classes) if weighted else None
     labels = case.labels.reshape(-1)
     tw = None if weight is None else to_torch(weight, dtype)
-    assert_jvp_parity(
+    assert_logits_jvp_parity(
         lambda x: jaxloss.cross_entropy(
             x, case.labels, weight=weight, label_smoothing=smoothing, reduction=reduction
         ),
-        _flat(
-            lambda t: F.cross_entropy(
-                t, torch.tensor(labels), weight=tw, label_smoothing=smoothing, reduction=reduction
-            ),
-            case,
-            reduction,
+        lambda t: F.cross_entropy(
+            t, torch.tensor(labels), weight=tw, label_smoothing=smoothing, reduction=reduction
         ),
-        (case.logits,),
-        (_tangent(case),),
+        case,
+        reduction,
         dtype,
     )
 
@@ -99,17 +92,13 @@ def test_cross_entropy_jvp_matches_torch(dtype, case, smoothing, weighted, reduc
 def test_focal_jvp_matches_the_reference(dtype, case, gamma, reduction):
     alpha = case.rng.uniform(0.1, 1.0, case.num_classes)
     labels = torch.tensor(case.labels.reshape(-1))
-    assert_jvp_parity(
+    assert_logits_jvp_parity(
         lambda x: jaxloss.focal_loss(x, case.labels, gamma=gamma, alpha=alpha, reduction=reduction),
-        _flat(
-            lambda t: ref.focal_reference(
-                t, labels, gamma=gamma, alpha=to_torch(alpha, dtype), reduction=reduction
-            ),
-            case,
-            reduction,
+        lambda t: ref.focal_reference(
+            t, labels, gamma=gamma, alpha=to_torch(alpha, dtype), reduction=reduction
         ),
-        (case.logits,),
-        (_tangent(case),),
+        case,
+        reduction,
         dtype,
     )
 
@@ -120,11 +109,11 @@ def test_focal_jvp_matches_the_reference(dtype, case, gamma, reduction):
 def test_label_smoothing_jvp_matches_the_seed_module(dtype, case, smoothing):
     module = ref.LabelSmoothingLoss(case.num_classes, smoothing=smoothing)
     labels = torch.tensor(case.labels.reshape(-1))
-    assert_jvp_parity(
+    assert_logits_jvp_parity(
         lambda x: jaxloss.label_smoothing_loss(x, case.labels, smoothing=smoothing),
-        _flat(lambda t: module(t, labels), case, "mean"),
-        (case.logits,),
-        (_tangent(case),),
+        lambda t: module(t, labels),
+        case,
+        "mean",
         dtype,
     )
 
@@ -149,7 +138,7 @@ def test_sigmoid_focal_jvp_in_logits_and_targets_matches_torchvision(
             z, t, alpha=alpha, gamma=gamma, reduction=reduction
         ),
         (case.logits, targets),
-        (_tangent(case), case.rng.normal(size=case.logits.shape)),
+        (case.rng.normal(size=case.logits.shape), case.rng.normal(size=case.logits.shape)),
         dtype,
     )
 

@@ -219,6 +219,28 @@ def test_sigmoid_focal_forward_mode_in_every_argument():
         np.testing.assert_allclose(h_ff, jax.hessian(one)(saturated), rtol=1e-10, atol=1e-300)
 
 
+def test_sigmoid_focal_forward_mode_with_where_axis1_and_masked_nan_logits():
+    """The README's "every form" for the sigmoid focal loss in forward mode: a batch-shaped
+    ``where`` with ``axis=1`` (torch's layout), NaN logits and targets where it is False."""
+    rng = np.random.default_rng(3)
+    z = jnp.asarray(rng.normal(size=(3, 4, 5)) * 3, jnp.float32)
+    t = jnp.asarray(rng.uniform(size=(3, 4, 5)), jnp.float32)
+    where = jnp.asarray(rng.random((3, 5)) < 0.6).at[0, 0].set(True).at[1, 2].set(False)
+    dz, dt = (jnp.asarray(rng.normal(size=z.shape), jnp.float32) for _ in range(2))
+
+    def loss(z, t):
+        return jaxloss.sigmoid_focal_loss(z, t, axis=1, where=where)
+
+    value, d = jax.jvp(loss, (z.at[1, :, 2].set(jnp.nan), t.at[1, :, 2].set(jnp.nan)), (dz, dt))
+    clean_value, clean_d = jax.jvp(loss, (z, t), (dz, dt))
+    assert np.isfinite(float(d)) and abs(float(clean_d)) > 1e-3
+    np.testing.assert_allclose(value, clean_value, rtol=1e-6)
+    np.testing.assert_allclose(d, clean_d, rtol=1e-5, atol=1e-7)
+    grad_z, grad_t = jax.grad(loss, argnums=(0, 1))(z, t)
+    want = jnp.sum(grad_z * dz) + jnp.sum(grad_t * dt)
+    np.testing.assert_allclose(clean_d, want, rtol=1e-5, atol=1e-6)
+
+
 def test_f1_and_linear_losses_keep_reverse_mode_only():
     """The boundary of the promise: these raise instead of computing anything in forward mode."""
     x = jnp.array([[0.3, -1.0, 2.0], [1.0, 0.5, -0.5]])
